@@ -1,0 +1,166 @@
+"""The validation / sync report, shaped exactly as the contract's JSON report.
+
+Issues are held as a polars DataFrame (a million-row file can carry a hundred thousand issues;
+building one Python object per issue would cost more than validating the file). `Issue` is the
+typed view of one row of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import polars as pl
+
+from schemas.columns import KNOWN_COLUMNS
+from schemas.issues import Code, Severity
+
+REPORT_VERSION = 1
+MAX_VALUE_CHARS = 80
+
+ISSUE_SCHEMA: dict[str, pl.DataType] = {
+    "row": pl.Int64(),
+    "column": pl.String(),
+    "severity": pl.String(),
+    "code": pl.String(),
+    "message": pl.String(),
+    "value": pl.String(),
+}
+ISSUE_COLUMNS = tuple(ISSUE_SCHEMA)
+COLUMN_RANK = {name: rank for rank, name in enumerate(KNOWN_COLUMNS)}
+
+SyncStatus = Literal["succeeded", "rejected", "held", "failed", "preview"]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One finding: where it is, how bad, which code, what to do, and the offending value."""
+
+    code: Code
+    message: str
+    row: int | None = None
+    column: str | None = None
+    value: str | None = None
+
+    @property
+    def severity(self) -> Severity:
+        return self.code.severity
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "row": self.row,
+            "column": self.column,
+            "severity": self.severity.value,
+            "code": self.code.value,
+            "message": self.message,
+            "value": cut_value(self.value),
+        }
+
+
+def cut_value(value: str | None) -> str | None:
+    return None if value is None else value[:MAX_VALUE_CHARS]
+
+
+def issues_frame(issues: Iterable[Issue]) -> pl.DataFrame:
+    return pl.DataFrame([i.as_dict() for i in issues], schema=ISSUE_SCHEMA, orient="row")
+
+
+def sort_issues(frame: pl.DataFrame) -> pl.DataFrame:
+    """File-level issues first, then by row, column in contract order, and code."""
+    order = (
+        frame["column"]
+        .replace_strict(COLUMN_RANK, default=len(COLUMN_RANK), return_dtype=pl.Int32)
+        .fill_null(-1)
+    )
+    return (
+        frame.with_columns(_order=order)
+        .sort(["row", "_order", "column", "code"], nulls_last=False, maintain_order=True)
+        .drop("_order")
+    )
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    sha256: str
+    bytes: int
+    encoding: str | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    rows: int
+    valid_rows: int
+    error_rows: int
+    warning_rows: int
+    errors: int
+    warnings: int
+
+
+@dataclass(frozen=True)
+class SyncBlock:
+    run_id: str | None
+    status: SyncStatus
+    matched: int
+    updated: int
+    unchanged: int
+    unmatched: int
+
+
+@dataclass
+class Report:
+    file: FileInfo
+    summary: Summary
+    issues: pl.DataFrame = field(repr=False)
+    district: str | None = None
+    sync: SyncBlock | None = None
+
+    @property
+    def has_errors(self) -> bool:
+        return self.summary.errors > 0
+
+    @property
+    def exit_code(self) -> int:
+        """The contract's exit status: 0 clean, 1 errors found."""
+        return 1 if self.has_errors else 0
+
+    def issue_list(self, limit: int | None = None) -> list[Issue]:
+        frame = self.issues if limit is None else self.issues.head(limit)
+        return [
+            Issue(
+                code=Code(r["code"]),
+                message=r["message"],
+                row=r["row"],
+                column=r["column"],
+                value=r["value"],
+            )
+            for r in frame.iter_rows(named=True)
+        ]
+
+    def counts_by_code(self) -> list[tuple[str, str, int]]:
+        """(code, severity, count), errors first, most frequent first."""
+        if self.issues.is_empty():
+            return []
+        counts = (
+            self.issues.group_by("code", "severity")
+            .len()
+            .sort(["severity", "len", "code"], descending=[False, True, False])
+        )
+        return [(r[0], r[1], r[2]) for r in counts.iter_rows()]
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "report_version": REPORT_VERSION,
+            "district": self.district,
+            "file": asdict(self.file),
+            "summary": asdict(self.summary),
+            "issues": self.issues.select(ISSUE_COLUMNS).to_dicts(),
+        }
+        if self.sync is not None:
+            doc["sync"] = asdict(self.sync)
+        return doc
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent)

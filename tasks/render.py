@@ -1,0 +1,105 @@
+"""Render a report as text, JSON or a standalone HTML page.
+
+Every template goes through one jinja2 environment with autoescape on (jinja2's default is
+off): a file can carry `<script>` in any cell, and the report shows offending values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jinja2
+
+from schemas.report import Report
+
+DEFAULT_TEXT_ISSUES = 200
+DEFAULT_HTML_ISSUES = 10_000
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {0x7F: "\\x7f"}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+@lru_cache(maxsize=1)
+def template_environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("tasks", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_json(report: Report) -> str:
+    return report.to_json()
+
+
+def printable(value: str | None) -> str:
+    """A value safe for one terminal line: control characters shown, never executed."""
+    return "" if value is None else value.translate(_CONTROL)
+
+
+def outcome_sentence(report: Report) -> str:
+    s = report.summary
+    if report.has_errors and s.rows == s.error_rows:
+        return "The file has errors that stop it: nothing in it can be applied as it is."
+    if report.has_errors:
+        return (
+            f"{s.error_rows} of {s.rows} rows have errors and would be skipped; "
+            f"{s.valid_rows} rows are valid."
+        )
+    return f"All {s.rows} rows are valid."
+
+
+def summary_line(report: Report) -> str:
+    s = report.summary
+    return (
+        f"{report.file.name}: {s.rows} rows, {s.valid_rows} valid, {s.error_rows} with errors, "
+        f"{s.warning_rows} with warnings ({s.errors} errors, {s.warnings} warnings)"
+    )
+
+
+def render_text(report: Report, max_issues: int = DEFAULT_TEXT_ISSUES) -> str:
+    limit = None if max_issues <= 0 else max_issues
+    lines = [summary_line(report), outcome_sentence(report)]
+    encoding = report.file.encoding or "unreadable"
+    lines.append(f"encoding {encoding}, {report.file.bytes} bytes, sha256 {report.file.sha256}")
+    counts = report.counts_by_code()
+    if counts:
+        lines.append("")
+        lines.append("by code: " + ", ".join(f"{code} {n}" for code, _sev, n in counts))
+        issues = report.issue_list(limit)
+        header = ("ROW", "SEVERITY", "CODE", "COLUMN", "VALUE", "MESSAGE")
+        table = [
+            (
+                "" if i.row is None else str(i.row),
+                i.severity.value,
+                i.code.value,
+                printable(i.column),
+                printable(i.value),
+                i.message,
+            )
+            for i in issues
+        ]
+        widths = [min(max(len(r[k]) for r in [header, *table]), 40) for k in range(len(header) - 1)]
+        lines.append("")
+        for r in [header, *table]:
+            cells = [r[k][:40].ljust(widths[k]) for k in range(len(widths))]
+            lines.append("  ".join([*cells, r[-1]]).rstrip())
+        hidden = report.issues.height - len(issues)
+        if hidden > 0:
+            lines.append(f"... and {hidden} more issues (use --format json or html for all)")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: Report, max_issues: int = DEFAULT_HTML_ISSUES) -> str:
+    issues = report.issue_list(max_issues if max_issues > 0 else None)
+    template = template_environment().get_template("validation_report.html.j2")
+    return template.render(
+        report=report,
+        summary=report.summary,
+        issues=issues,
+        hidden=report.issues.height - len(issues),
+        counts=report.counts_by_code(),
+        outcome=outcome_sentence(report),
+    )

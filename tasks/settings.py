@@ -1,0 +1,29 @@
+"""Settings, read from environment variables prefixed `DEMOGRAPHICS_` (see README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".local" / "share" / "demographics-sync"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEMOGRAPHICS_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Folder for everything the project keeps locally (reports, embedded data).",
+    )
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home.expanduser() / "reports"
+
+
+def load_settings() -> Settings:
+    return Settings()
