@@ -125,8 +125,9 @@ def read_demographics(data: bytes, name: str) -> ParsedFile:
         if isinstance(table, Issue):
             parsed.issues.append(table)
             return parsed
-    header_values, records = table
+    header_values, records, lead = table
     parsed.header = header_values
+    parsed.header_row += lead
     records = records.with_columns(
         (pl.int_range(pl.len(), dtype=pl.UInt32) + parsed.header_row + 1).alias(ROW)
     )
@@ -206,8 +207,10 @@ def _detect_delimiter(header_line: bytes) -> str:
     return ","
 
 
-def _records_fast(body: bytes, delimiter: str) -> tuple[list[str], pl.DataFrame] | None:
+def _records_fast(body: bytes, delimiter: str) -> tuple[list[str], pl.DataFrame, int] | None:
     """Header and records via polars; None when the strict reader must decide."""
+    if body.count(b"\r") != body.count(b"\r\n"):
+        return None  # a lone CR: spreadsheets and RFC readers differ from polars there
     try:
         lines = (
             pl.read_csv(
@@ -264,14 +267,16 @@ def _records_fast(body: bytes, delimiter: str) -> tuple[list[str], pl.DataFrame]
     if values.height != lines.len() or values.width != width:
         return None
     header = [v if v is not None else "" for v in values.row(0)]
+    if width == 1 and not header[0].strip():
+        return None  # a quoted blank header: the strict reader decides where the header is
     # A short row comes back padded with empty strings; __fields tells it from empty cells.
     records = values.slice(1).with_columns(field_counts.slice(1).alias(FIELDS))
-    return header, records
+    return header, records, 0
 
 
 def _records_strict(
     body: bytes, delimiter: str, header_row: int
-) -> tuple[list[str], pl.DataFrame] | Issue:
+) -> tuple[list[str], pl.DataFrame, int] | Issue:
     """The standard library's strict reader: exact RFC 4180, and the row where it breaks."""
     reader = csv.reader(
         io.StringIO(body.decode("utf-8"), newline=""), delimiter=delimiter, strict=True
@@ -282,7 +287,11 @@ def _records_strict(
     except csv.Error as exc:
         row = header_row + len(rows)
         return Issue(Code.MALFORMED_CSV, _malformed_message(str(exc)), row=row)
-    header, data = rows[0], rows[1:]
+    # A lone CR can hide blank rows before the header from the line-based look-ahead.
+    lead = next((i for i, r in enumerate(rows) if len(r) > 1 or (r and r[0].strip())), None)
+    if lead is None:
+        return Issue(Code.EMPTY_FILE, _empty_message(body))
+    header, data = rows[lead], rows[lead + 1 :]
     width = len(header)
     columns: dict[str, list[str | None]] = {
         column_key(i): [r[i] if i < len(r) else None for r in data] for i in range(width)
@@ -291,7 +300,7 @@ def _records_strict(
         {**columns, FIELDS: [max(len(r), 1) for r in data]},
         schema={**{k: pl.String for k in columns}, FIELDS: pl.UInt32},
     )
-    return header, frame
+    return header, frame, lead
 
 
 def _malformed_message(reason: str) -> str:
