@@ -103,11 +103,12 @@ def read_demographics(data: bytes, name: str) -> ParsedFile:
         text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     skipped, body = _split_leading_blank_lines(text)
-    if not body.strip():
+    if not body or body.isspace():
         parsed.issues.append(Issue(Code.EMPTY_FILE, _empty_message(data)))
         return parsed
     parsed.header_row = skipped + 1
-    first_line = body.split(b"\n", 1)[0]
+    newline = body.find(b"\n")
+    first_line = body if newline < 0 else body[:newline]
     parsed.delimiter = _detect_delimiter(first_line)
     if parsed.delimiter != ",":
         label = DELIMITER_NAMES[parsed.delimiter]
@@ -128,18 +129,33 @@ def read_demographics(data: bytes, name: str) -> ParsedFile:
     header_values, records, lead = table
     parsed.header = header_values
     parsed.header_row += lead
-    records = records.with_columns(
-        (pl.int_range(pl.len(), dtype=pl.UInt32) + parsed.header_row + 1).alias(ROW)
-    )
+    first_row = parsed.header_row + 1
+    rows = pl.int_range(first_row, first_row + records.height, dtype=pl.UInt32, eager=True)
+    records = records.with_columns(_align_chunks(rows, records[:, 0]).alias(ROW))
     value_cols = [column_key(i) for i in range(len(header_values))]
-    trimmed = [pl.col(c).str.strip_chars().replace("", None).alias(c) for c in value_cols]
-    records = records.with_columns(trimmed)
-    if value_cols:
-        records = records.filter(~pl.all_horizontal(pl.col(value_cols).is_null()))
-    else:
-        records = records.clear()
+    records = _trim(records, value_cols)
+    # Blank rows (empty lines, or delimiters only) are skipped; filtering copies every column,
+    # so it is done only when there is one.
+    blank = records.select(pl.all_horizontal(pl.col(value_cols).is_null()))[:, 0]
+    if blank.any():
+        records = records.filter(~blank)
     parsed.records = records.select(ROW, FIELDS, *value_cols)
     return parsed
+
+
+def _trim(records: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Strip spaces around values; empty becomes null. Only columns that need it are copied:
+    stripping allocates a whole new column, and most exports have nothing to strip."""
+    if not columns or records.height == 0:
+        return records
+    padded = records.select(
+        (pl.col(c).str.contains(r"^\s|\s$") | (pl.col(c) == "")).any() for c in columns
+    ).row(0)
+    return records.with_columns(
+        pl.col(c).str.strip_chars().replace("", None)
+        for c, pad in zip(columns, padded, strict=True)
+        if pad
+    )
 
 
 def _empty_message(data: bytes) -> str:
@@ -149,8 +165,8 @@ def _empty_message(data: bytes) -> str:
 
 
 def _decode(data: bytes) -> tuple[bytes, str | None, Issue | None]:
-    """UTF-8 (BOM or not), else Windows-1252; returns UTF-8 bytes without a BOM."""
-    if not data.strip():
+    """UTF-8 (BOM or not), else Windows-1252; returns UTF-8 bytes (a BOM may lead)."""
+    if not data or data.isspace():
         return data, None, Issue(Code.EMPTY_FILE, _empty_message(data))
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
         hint = (
@@ -161,8 +177,11 @@ def _decode(data: bytes) -> tuple[bytes, str | None, Issue | None]:
         return data, None, _unreadable(hint)
     if data.startswith(b"PK\x03\x04"):
         return data, None, _unreadable("it looks like an Excel workbook (.xlsx), not a CSV; ")
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
+    # A UTF-8 file keeps its BOM: polars skips it, and not slicing it off saves a copy.
+    # (The slice below is short-lived; an ASCII check is far cheaper than decoding.)
+    bom = data.startswith(codecs.BOM_UTF8)
+    if (data[len(codecs.BOM_UTF8) :] if bom else data).isascii():
+        return data, "utf-8", None
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -170,7 +189,7 @@ def _decode(data: bytes) -> tuple[bytes, str | None, Issue | None]:
     else:
         return data, "utf-8", None
     try:
-        text = data.decode("windows-1252")
+        text = data.removeprefix(codecs.BOM_UTF8).decode("windows-1252")
     except UnicodeDecodeError:
         return data, None, _unreadable("")
     return text.encode("utf-8"), "windows-1252", None
@@ -187,12 +206,13 @@ def _unreadable(hint: str) -> Issue:
 def _split_leading_blank_lines(text: bytes) -> tuple[int, bytes]:
     """Blank lines before the header still count as spreadsheet rows."""
     skipped = 0
-    start = 0
+    start = len(codecs.BOM_UTF8) if text.startswith(codecs.BOM_UTF8) else 0
     while True:
         end = text.find(b"\n", start)
         line = text[start:] if end < 0 else text[start:end]
         if line.strip() or end < 0:
-            return skipped, text[start:]
+            # No blank line before the header: hand on the very same bytes, BOM and all.
+            return skipped, text if skipped == 0 and line.strip() else text[start:]
         skipped += 1
         start = end + 1
 
@@ -209,47 +229,20 @@ def _detect_delimiter(header_line: bytes) -> str:
 
 def _records_fast(body: bytes, delimiter: str) -> tuple[list[str], pl.DataFrame, int] | None:
     """Header and records via polars; None when the strict reader must decide."""
-    if body.count(b"\r") != body.count(b"\r\n"):
-        return None  # a lone CR: spreadsheets and RFC readers differ from polars there
     try:
-        lines = (
-            pl.read_csv(
-                body,
-                has_header=False,
-                separator="\x00",  # never present: _decode refuses NUL bytes
-                quote_char=None,
-                infer_schema=False,
-                empty_string_is_null=False,
-                new_columns=[_LINE],
-            )[_LINE]
-            .fill_null("")
-            .str.strip_suffix("\r")
-        )
-        if b'"' in body:
-            if b"\x01" in body:
-                return None
-            quotes = lines.str.count_matches('"', literal=True)
-            ends_quoted = (quotes.cum_sum() % 2).cast(pl.Boolean)
-            if ends_quoted[-1]:
-                return None  # an unterminated quote: the strict reader names its row
-            starts = ~ends_quoted.shift(1, fill_value=False)
-            if not starts.all():
-                record_id = starts.cast(pl.UInt32).cum_sum()
-                lines = (
-                    pl.DataFrame({"id": record_id, _LINE: lines})
-                    .group_by("id", maintain_order=True)
-                    .agg(pl.col(_LINE).str.join("\n"))[_LINE]
-                )
-            # Each quoted value becomes one marker; a marker not standing alone between
-            # delimiters, or a quote left over, is a quote polars and RFC 4180 may read
-            # differently: let the strict reader decide.
-            structure = lines.str.replace_all(r'"(?:[^"]|"")*"', "\x01")
-            d = _REGEX_ESCAPES[delimiter]
-            if structure.str.contains(f'"|[^{d}]\x01|\x01[^{d}]').any():
-                return None
-        else:
-            structure = lines
-        field_counts = structure.str.count_matches(delimiter, literal=True).cast(pl.UInt32) + 1
+        lines = pl.read_csv(
+            body,
+            has_header=False,
+            separator="\x00",  # never present: _decode refuses NUL bytes
+            quote_char=None,
+            infer_schema=False,
+            empty_string_is_null=False,
+            new_columns=[_LINE],
+        )[_LINE].fill_null("")
+        field_counts = _field_counts(body, lines, delimiter)
+        if field_counts is None:
+            return None
+        del lines
         width = int(field_counts[0])
         values = pl.read_csv(
             body,
@@ -257,21 +250,87 @@ def _records_fast(body: bytes, delimiter: str) -> tuple[list[str], pl.DataFrame,
             separator=delimiter,
             quote_char='"',
             infer_schema=False,
-            empty_string_is_null=False,
             truncate_ragged_lines=True,
             schema={column_key(i): pl.String for i in range(width)},
             missing_columns="insert",
         )
     except pl.exceptions.PolarsError:
         return None
-    if values.height != lines.len() or values.width != width:
+    if values.height != field_counts.len() or values.width != width:
         return None
     header = [v if v is not None else "" for v in values.row(0)]
     if width == 1 and not header[0].strip():
         return None  # a quoted blank header: the strict reader decides where the header is
-    # A short row comes back padded with empty strings; __fields tells it from empty cells.
-    records = values.slice(1).with_columns(field_counts.slice(1).alias(FIELDS))
+    # Empty and missing cells both come back null; __fields tells a short row from empty cells.
+    records = values.slice(1)
+    records = records.with_columns(
+        _align_chunks(field_counts.slice(1), records[:, 0]).alias(FIELDS)
+    )
     return header, records, 0
+
+
+def _align_chunks(series: pl.Series, like: pl.Series) -> pl.Series:
+    """`series` cut into the same chunks as `like` (zero-copy slices).
+
+    polars reads a file in parallel into many chunks; an expression over columns whose chunks
+    differ makes polars copy every column into one chunk first (here ~200 MB per million rows).
+    """
+    lengths = [chunk.len() for chunk in like.get_chunks()]
+    if len(lengths) <= 1:
+        return series
+    series = series.rechunk()
+    parts, offset = [], 0
+    for length in lengths:
+        parts.append(series.slice(offset, length))
+        offset += length
+    return pl.concat(parts, rechunk=False)
+
+
+def _field_counts(body: bytes, lines: pl.Series, delimiter: str) -> pl.Series | None:
+    """Fields per record, from physical lines and quote parity; None if quoting is unusual."""
+    if b"\x01" in body:
+        return None  # the marker used below for quoted values
+    line = pl.col(_LINE)
+    quoted_file = b'"' in body
+    # One select, so polars runs the scans side by side.
+    stats = pl.DataFrame({_LINE: lines}).select(
+        line,
+        (line.str.count_matches(delimiter, literal=True).cast(pl.UInt32) + 1).alias("fields"),
+        # polars drops the CR of each CRLF; a CR left in a line is a lone one.
+        (line.str.contains("\r", literal=True) if b"\r" in body else pl.lit(False)).alias("cr"),
+        (line.str.count_matches('"', literal=True) if quoted_file else pl.lit(0)).alias("q"),
+    )
+    if quoted_file:
+        ends_quoted = (stats["q"].cum_sum() % 2).cast(pl.Boolean)
+        if ends_quoted[-1]:
+            return None  # an unterminated quote: the strict reader names its row
+        starts = ~ends_quoted.shift(1, fill_value=False)
+        if not starts.all():  # a quoted line break: join the lines of each record
+            stats = (
+                stats.with_columns(id=starts.cast(pl.UInt32).cum_sum())
+                .group_by("id", maintain_order=True)
+                .agg(line.str.join("\n"), pl.col("q").sum(), pl.col("cr").any())
+                .with_columns(
+                    fields=line.str.count_matches(delimiter, literal=True).cast(pl.UInt32) + 1
+                )
+            )
+    if stats["cr"].any():
+        return None  # a lone CR: spreadsheets and RFC readers differ from polars there
+    counts = stats["fields"]
+    quoted = stats["q"] > 0
+    if not quoted.any():
+        return counts
+    # Each quoted value becomes one marker; a marker not standing alone between delimiters,
+    # or a quote left over, is quoting polars and RFC 4180 may read differently.
+    d = _REGEX_ESCAPES[delimiter]
+    structure = stats.filter(quoted).select(line.str.replace_all(r'"(?:[^"]|"")*"', "\x01"))
+    checked = structure.select(
+        line.str.contains(f'"|[^{d}]\x01|\x01[^{d}\r]').any().alias("odd"),
+        (line.str.count_matches(delimiter, literal=True).cast(pl.UInt32) + 1).alias("fields"),
+    )
+    if checked["odd"][0]:
+        return None
+    return counts.scatter(quoted.arg_true(), checked["fields"])
 
 
 def _records_strict(
@@ -279,7 +338,7 @@ def _records_strict(
 ) -> tuple[list[str], pl.DataFrame, int] | Issue:
     """The standard library's strict reader: exact RFC 4180, and the row where it breaks."""
     reader = csv.reader(
-        io.StringIO(body.decode("utf-8"), newline=""), delimiter=delimiter, strict=True
+        io.StringIO(body.decode("utf-8-sig"), newline=""), delimiter=delimiter, strict=True
     )
     rows: list[list[str]] = []
     try:

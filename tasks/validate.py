@@ -9,6 +9,7 @@ the offending value travels only in the issue's `value` field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import pandera.polars as pa
 import polars as pl
@@ -41,11 +42,24 @@ MAX_ROWS_LISTED = 10
 
 @dataclass
 class Validation:
-    """The report, plus the rows that passed, normalised, for the write path."""
+    """The report, plus the rows that passed, normalised, for the write path.
+
+    `rows` is built on first use: a file-only validation never needs it, and filtering a
+    million-row frame copies every column.
+    """
 
     report: Report
-    rows: pl.DataFrame = field(repr=False)
     columns: list[str] = field(default_factory=list)
+    _normalized: pl.DataFrame | None = field(default=None, repr=False)
+    _skipped: pl.Series | None = field(default=None, repr=False)
+
+    @cached_property
+    def rows(self) -> pl.DataFrame:
+        if self._normalized is None or self._skipped is None:
+            return pl.DataFrame(schema={ROW: pl.UInt32, **{c: pl.String for c in self.columns}})
+        return self._normalized.filter(~pl.col(ROW).is_in(self._skipped.implode())).select(
+            ROW, *self.columns
+        )
 
 
 def validate_bytes(
@@ -81,9 +95,19 @@ def validate_parsed(
     columns = [name for name in KNOWN_COLUMNS if name in known]
     width = len(parsed.header)
     frames: list[pl.DataFrame] = [_wrong_field_count(frame, width)]
-    complete = frame.filter(pl.col(FIELDS) == width).drop(FIELDS)
-    normalized = complete.with_columns(
-        pl.col(c).str.to_uppercase() for c in CASE_NORMALIZED_COLUMNS if c in known
+    # Filtering or upper-casing copies whole columns: do it only where something changes.
+    if (frame[FIELDS] != width).any():
+        complete = frame.filter(pl.col(FIELDS) == width).drop(FIELDS)
+    else:
+        complete = frame.drop(FIELDS)
+    coded = [c for c in CASE_NORMALIZED_COLUMNS if c in known]
+    lower = complete.select(pl.col(c).str.contains(r"\p{Ll}").any() for c in coded)
+    normalized = (
+        complete.with_columns(
+            pl.col(c).str.to_uppercase() for c, has in zip(coded, lower.row(0), strict=True) if has
+        )
+        if coded and complete.height
+        else complete
     )
     identifiers = [c for c in IDENTIFIER_COLUMNS if c in known]
     cell_issues = _cell_issues(complete, normalized, gender_codes)
@@ -325,6 +349,11 @@ def _normalized_value(
     return pl.concat(parts)
 
 
+def _has_repeats(values: pl.Series) -> bool:
+    present = values.drop_nulls()
+    return present.n_unique() < present.len()
+
+
 def _duplicates(
     normalized: pl.DataFrame, identifiers: list[str], cell_issues: pl.DataFrame
 ) -> pl.DataFrame:
@@ -334,30 +363,42 @@ def _duplicates(
     SSID and the same email ignoring case. Rows whose identifier is itself invalid are left
     out: they already carry an error and cannot be said to be anyone.
     """
-    has_ssid = "SSID" in identifiers
-    has_email = "email" in identifiers
-    ssid = pl.col("SSID") if has_ssid else pl.lit(None, dtype=pl.String)
-    email = pl.col("email").str.to_lowercase() if has_email else pl.lit(None, dtype=pl.String)
-    key = (
-        pl.when(ssid.is_not_null())
-        .then(pl.lit("s:") + ssid)
-        .otherwise(pl.lit("e:") + email)
-        .alias("_key")
+    ssid = pl.col("SSID") if "SSID" in identifiers else pl.lit(None, dtype=pl.String)
+    email = (
+        pl.col("email").str.to_lowercase()
+        if "email" in identifiers
+        else pl.lit(None, dtype=pl.String)
     )
-    bad_identifier = cell_issues.filter(pl.col("column").is_in(identifiers)).select(
-        pl.col("row").cast(pl.UInt32).alias(ROW), pl.col("column")
-    )
-    keyed = normalized.with_columns(key).filter(pl.col("_key").is_not_null())
-    keyed = keyed.filter(pl.col("_key").is_duplicated())
-    if keyed.height == 0:
+    # Cheap pre-filter on the raw columns; keys are built only for the few candidates.
+    masks: list[pl.Series] = []
+    if "SSID" in identifiers:
+        # Valid SSIDs are 10 digits: hashing them as integers is several times faster.
+        as_number = normalized["SSID"].cast(pl.UInt64, strict=False)
+        masks.append(as_number.is_not_null() & as_number.is_duplicated())
+    if "email" in identifiers and ("SSID" not in identifiers or normalized["SSID"].has_nulls()):
+        email_only = normalized.select(pl.when(ssid.is_null()).then(email))[:, 0]
+        if _has_repeats(email_only):
+            masks.append(email_only.is_not_null() & email_only.is_duplicated())
+    candidates = [m for m in masks if m.any()]
+    if not candidates:
         return pl.DataFrame(schema=ISSUE_SCHEMA)
-    bad_ssid = bad_identifier.filter(pl.col("column") == "SSID")[ROW]
-    bad_email = bad_identifier.filter(pl.col("column") == "email")[ROW]
+    mask = candidates[0]
+    for other in candidates[1:]:
+        mask = mask | other
+    keyed = normalized[mask.arg_true()]
+    bad = cell_issues.filter(pl.col("column").is_in(identifiers))
+    bad_ssid = bad.filter(pl.col("column") == "SSID")["row"].cast(pl.UInt32)
+    bad_email = bad.filter(pl.col("column") == "email")["row"].cast(pl.UInt32)
     keyed = keyed.filter(
         ~(
             (pl.col(ROW).is_in(bad_ssid.implode()) & ssid.is_not_null())
             | (pl.col(ROW).is_in(bad_email.implode()) & ssid.is_null())
         )
+    ).with_columns(
+        pl.when(ssid.is_not_null())
+        .then(pl.lit("s:") + ssid)
+        .otherwise(pl.lit("e:") + email)
+        .alias("_key")
     )
     value_columns = [c for c in normalized.columns if c != ROW]
     signature = pl.concat_str(
@@ -368,8 +409,8 @@ def _duplicates(
         separator="\x1f",
     )
     groups = (
-        keyed.with_columns(signature.alias("_sig"))
-        .filter(pl.col("_key").is_duplicated())
+        keyed.filter(pl.col("_key").is_not_null() & pl.col("_key").is_duplicated())
+        .with_columns(signature.alias("_sig"))
         .with_columns(
             pl.col("_sig").n_unique().over("_key").alias("_variants"),
             pl.col(ROW).min().over("_key").alias("_first"),
@@ -440,13 +481,9 @@ def _finish(
     )
     report = Report(file=parsed.info, summary=summary, issues=issue_table, district=district)
     if stopped or normalized is None:
-        valid = pl.DataFrame(schema={ROW: pl.UInt32, **{c: pl.String for c in columns}})
-    else:
-        # A repeated identical row is valid but applied once: keep only the first.
-        skipped = row_issues.filter(
-            (pl.col("severity") == Severity.ERROR.value) | (pl.col("code") == Code.DUPLICATE_ROW)
-        )["row"]
-        valid = normalized.filter(~pl.col(ROW).is_in(skipped.cast(pl.UInt32).implode())).select(
-            ROW, *columns
-        )
-    return Validation(report=report, rows=valid, columns=columns)
+        return Validation(report=report, columns=columns)
+    # A repeated identical row is valid but applied once: keep only the first.
+    skipped = row_issues.filter(
+        (pl.col("severity") == Severity.ERROR.value) | (pl.col("code") == Code.DUPLICATE_ROW)
+    )["row"].cast(pl.UInt32)
+    return Validation(report=report, columns=columns, _normalized=normalized, _skipped=skipped)

@@ -1,0 +1,149 @@
+"""Benchmark: read + validate a realistic demographics file, in-process.
+
+    .venv/bin/python bench/validate.py [--rows 1000000] [--runs 3] [--seed 7]
+
+Generates (once, cached in the temp folder) a file the way Excel writes it: UTF-8 with a BOM,
+CRLF, quoted values with commas, ~1 % bad cells (Excel-mangled SSIDs, "Male", "Yes", bad
+emails) and some lower-case codes. Each run is a fresh process that imports the project, then
+times reading the file's bytes and validating them; it prints the median time, rows/s, peak
+RSS of the process, and the same for polars alone reading the file as text (the floor), with
+the ratio between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HEADER = (
+    "SSID,email,gender,ethnicity,race,english_learner,migrant,gifted_learner,special_ed,"
+    "sed,homeless,foster"
+)
+RACES = [
+    "White",
+    "Black or African American",
+    "Asian",
+    "American Indian or Alaska Native",
+    "Native Hawaiian or Other Pacific Islander",
+    '"Asian, White"',
+    '"Black or African American, White"',
+]
+ETHNICITIES = ["Hispanic or Latino", "Not Hispanic or Latino"]
+BAD_CELLS = {
+    0: lambda r, ssid: ssid.lstrip("0")[:9] or "1",  # lost leading zeros
+    1: lambda r, ssid: "student.at.school",  # not an email
+    2: lambda r, ssid: r.choice(["Male", "Female", "U"]),
+    5: lambda r, ssid: r.choice(["Yes", "No", "1"]),
+    9: lambda r, ssid: r.choice(["TRUE", "0"]),
+}
+
+
+def generate(path: Path, rows: int, seed: int, bad_share: float = 0.01) -> None:
+    """Write a realistic file: ~bad_share of all cells are errors."""
+    rnd = random.Random(seed)
+    cells_per_row = 12
+    bad_rows_share = bad_share * cells_per_row  # one bad cell per bad row
+    with path.open("w", encoding="utf-8-sig", newline="") as out:
+        out.write(HEADER + "\r\n")
+        for i in range(rows):
+            ssid = f"{rnd.randrange(10**10):010d}"
+            flags = [
+                "Y" if rnd.random() < p else "N" for p in (0.15, 0.03, 0.1, 0.12, 0.4, 0.02, 0.01)
+            ]
+            values = [
+                ssid,
+                f"s{i}.{ssid[-4:]}@students.district.k12.example.us",
+                rnd.choice("MF"),
+                rnd.choice(ETHNICITIES),
+                rnd.choice(RACES),
+                *flags,
+            ]
+            if rnd.random() < 0.002:
+                values[2] = values[2].lower()  # accepted with normalized_value
+            if rnd.random() < bad_rows_share:
+                column = rnd.choice(list(BAD_CELLS))
+                values[column] = BAD_CELLS[column](rnd, ssid)
+            out.write(",".join(values) + "\r\n")
+
+
+def measure(path: Path, mode: str) -> dict[str, float]:
+    """Runs in a child process: time one read (+ validate) after imports."""
+    import resource
+    import time
+
+    import polars as pl
+
+    from tasks.read import read_source
+    from tasks.validate import validate_bytes
+
+    start = time.perf_counter()
+    if mode == "floor":
+        frame = pl.read_csv(path, infer_schema=False)
+        rows, issues = frame.height, 0
+    else:
+        result = validate_bytes(read_source(path), path.name)
+        rows, issues = result.report.summary.rows, result.report.issues.height
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_rss_mb": peak_mb, "rows": rows, "issues": issues}
+
+
+def run_child(path: Path, mode: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--file", type=Path, help="benchmark this file instead")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(Path(args.child[1]), args.child[0])))
+        return
+
+    path = args.file
+    if path is None:
+        path = Path(tempfile.gettempdir()) / f"demographics-bench-{args.rows}-{args.seed}.csv"
+        if not path.exists():
+            print(f"generating {args.rows:,} rows (seed {args.seed}) -> {path}")
+            generate(path.with_suffix(".tmp"), args.rows, args.seed)
+            path.with_suffix(".tmp").rename(path)
+    size_mb = path.stat().st_size / 1e6
+    print(f"file: {path} ({size_mb:.1f} MB)")
+
+    results = {
+        mode: [run_child(path, mode) for _ in range(args.runs)] for mode in ("full", "floor")
+    }
+    full, floor = results["full"], results["floor"]
+    t_full = statistics.median(r["seconds"] for r in full)
+    t_floor = statistics.median(r["seconds"] for r in floor)
+    rows = int(full[0]["rows"])
+    print(f"rows: {rows:,}   issues: {int(full[0]['issues']):,}   runs: {args.runs} (median)")
+    print(
+        f"read + validate: {t_full:.3f} s   {rows / t_full:,.0f} rows/s   "
+        f"peak RSS {max(r['peak_rss_mb'] for r in full):,.0f} MB"
+    )
+    print(
+        f"floor (polars read_csv as text only): {t_floor:.3f} s   "
+        f"peak RSS {max(r['peak_rss_mb'] for r in floor):,.0f} MB"
+    )
+    print(f"ratio read + validate / floor: {t_full / t_floor:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
