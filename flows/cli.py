@@ -56,8 +56,13 @@ def validate(
         str, typer.Option(help="Allowed gender codes, comma-separated (a district setting).")
     ] = "M,F",
     max_issues: Annotated[
-        int, typer.Option(help="Issues listed in text/html output (0 = all; JSON lists all).")
-    ] = 0,
+        int | None,
+        typer.Option(
+            help="Issues listed in text (default 200) and html (default 10000) output; "
+            "0 lists all. JSON always lists all.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Check a file against the CSV contract without writing anything anywhere.
 
@@ -83,9 +88,9 @@ def validate(
     if format is Format.json:
         rendered = render_json(report) + "\n"
     elif format is Format.html:
-        rendered = render_html(report, max_issues or DEFAULT_HTML_ISSUES)
+        rendered = render_html(report, DEFAULT_HTML_ISSUES if max_issues is None else max_issues)
     else:
-        rendered = render_text(report, max_issues or DEFAULT_TEXT_ISSUES)
+        rendered = render_text(report, DEFAULT_TEXT_ISSUES if max_issues is None else max_issues)
     if output is None:
         sys.stdout.write(rendered)
     else:

@@ -167,3 +167,12 @@ def test_validate_does_not_import_prefect_or_connect_anywhere(write_csv) -> None
         [sys.executable, "-c", probe], capture_output=True, text=True, check=False
     )
     assert "LOADED [] 0" in result.stderr, result.stderr
+
+
+def test_max_issues_zero_lists_every_issue(cli, write_csv) -> None:
+    body = "\n".join(row(ssid=str(i)) for i in range(250))
+    path = write_csv(f"{HEADER}\n{body}\n")
+    assert "... and 50 more issues" in cli("validate", path).stdout
+    full = cli("validate", path, "--max-issues", "0").stdout
+    assert "more issues" not in full
+    assert full.count("invalid_ssid") == 251  # the by-code line and 250 table rows
