@@ -9,11 +9,15 @@ read `SchemaErrors.failure_cases` only: pandera's exception text embeds raw stud
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Optional
 
 import pandera.polars as pa
 
-from schemas.columns import DEFAULT_GENDER_CODES, MAX_EMAIL_LENGTH, MAX_TEXT_LENGTH
+from schemas.columns import (
+    DEFAULT_GENDER_CODES,
+    FLAG_COLUMNS,
+    MAX_EMAIL_LENGTH,
+    MAX_TEXT_LENGTH,
+)
 from schemas.issues import Code
 
 SSID_PATTERN = r"^[0-9]{10}$"
@@ -31,20 +35,20 @@ def _field(**checks: object) -> object:
 class DemographicsCells(pa.DataFrameModel):
     """Cell rules. Every column is optional: an absent column changes nothing."""
 
-    SSID: Optional[str] = _field(str_matches=SSID_PATTERN)  # noqa: UP045 (pandera reads Optional)
-    email: Optional[str] = _field(  # noqa: UP045
+    SSID: str | None = _field(str_matches=SSID_PATTERN)
+    email: str | None = _field(
         str_matches=EMAIL_PATTERN, str_length={"max_value": MAX_EMAIL_LENGTH}
     )
-    gender: Optional[str] = _field(isin=list(DEFAULT_GENDER_CODES))  # noqa: UP045
-    ethnicity: Optional[str] = _field(str_length={"max_value": MAX_TEXT_LENGTH})  # noqa: UP045
-    race: Optional[str] = _field(str_length={"max_value": MAX_TEXT_LENGTH})  # noqa: UP045
-    english_learner: Optional[str] = _field(isin=FLAG_VALUES)  # noqa: UP045
-    migrant: Optional[str] = _field(isin=FLAG_VALUES)  # noqa: UP045
-    gifted_learner: Optional[str] = _field(isin=FLAG_VALUES)  # noqa: UP045
-    special_ed: Optional[str] = _field(isin=FLAG_VALUES)  # noqa: UP045
-    sed: Optional[str] = _field(isin=FLAG_VALUES)  # noqa: UP045
-    homeless: Optional[str] = _field(isin=FLAG_VALUES)  # noqa: UP045
-    foster: Optional[str] = _field(isin=FLAG_VALUES)  # noqa: UP045
+    gender: str | None = _field(isin=list(DEFAULT_GENDER_CODES))
+    ethnicity: str | None = _field(str_length={"max_value": MAX_TEXT_LENGTH})
+    race: str | None = _field(str_length={"max_value": MAX_TEXT_LENGTH})
+    english_learner: str | None = _field(isin=FLAG_VALUES)
+    migrant: str | None = _field(isin=FLAG_VALUES)
+    gifted_learner: str | None = _field(isin=FLAG_VALUES)
+    special_ed: str | None = _field(isin=FLAG_VALUES)
+    sed: str | None = _field(isin=FLAG_VALUES)
+    homeless: str | None = _field(isin=FLAG_VALUES)
+    foster: str | None = _field(isin=FLAG_VALUES)
 
     class Config:
         strict = False
@@ -58,18 +62,7 @@ CODE_BY_COLUMN: dict[str, Code] = {
     "gender": Code.INVALID_GENDER,
     "ethnicity": Code.VALUE_TOO_LONG,
     "race": Code.VALUE_TOO_LONG,
-    **{
-        name: Code.INVALID_FLAG
-        for name in (
-            "english_learner",
-            "migrant",
-            "gifted_learner",
-            "special_ed",
-            "sed",
-            "homeless",
-            "foster",
-        )
-    },
+    **{name: Code.INVALID_FLAG for name in FLAG_COLUMNS},
 }
 
 
@@ -80,6 +73,6 @@ def cells_model(gender_codes: tuple[str, ...] = DEFAULT_GENDER_CODES) -> type[De
         return DemographicsCells
 
     class DistrictCells(DemographicsCells):
-        gender: Optional[str] = _field(isin=list(gender_codes))  # noqa: UP045
+        gender: str | None = _field(isin=list(gender_codes))
 
     return DistrictCells
