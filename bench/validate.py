@@ -1,13 +1,15 @@
 """Benchmark: read + validate a realistic demographics file, in-process.
 
     .venv/bin/python bench/validate.py [--rows 1000000] [--runs 3] [--seed 7]
+                                       [--style excel|quoted|cp1252|padded]
 
 Generates (once, cached in the temp folder) a file the way Excel writes it: UTF-8 with a BOM,
 CRLF, quoted values with commas, ~1 % bad cells (Excel-mangled SSIDs, "Male", "Yes", bad
 emails) and some lower-case codes. Each run is a fresh process that imports the project, then
 times reading the file's bytes and validating them; it prints the median time, rows/s, peak
 RSS of the process, and the same for polars alone reading the file as text (the floor), with
-the ratio between the two.
+the ratio between the two. --style writes the same rows as other exports do: every value
+quoted, Windows-1252 with accents, or spaces around values.
 """
 
 from __future__ import annotations
@@ -72,6 +74,23 @@ def generate(path: Path, rows: int, seed: int, bad_share: float = 0.01) -> None:
             out.write(",".join(values) + "\r\n")
 
 
+STYLES = ("excel", "quoted", "cp1252", "padded")
+
+
+def derive(base: Path, path: Path, style: str) -> None:
+    """The same rows as another export would write them."""
+    import polars as pl
+
+    frame = pl.read_csv(base, infer_schema=False)
+    if style == "quoted":  # some student information systems quote every value
+        frame.write_csv(path, quote_style="always", line_terminator="\r\n")
+    elif style == "padded":  # spaces around values, removed silently by the reader
+        frame.with_columns(" " + pl.col("SSID"), pl.col("email") + " ").write_csv(path)
+    elif style == "cp1252":  # Excel on Windows, non-UTF-8, with accented values
+        text = frame.with_columns(pl.col("race").str.replace("White", "Wh\u00eete")).write_csv()
+        path.write_bytes(text.encode("cp1252"))
+
+
 def measure(path: Path, mode: str) -> dict[str, float]:
     """Runs in a child process: time one read (+ validate) after imports."""
     import resource
@@ -84,7 +103,7 @@ def measure(path: Path, mode: str) -> dict[str, float]:
 
     start = time.perf_counter()
     if mode == "floor":
-        frame = pl.read_csv(path, infer_schema=False)
+        frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
         rows, issues = frame.height, 0
     else:
         result = validate_bytes(read_source(path), path.name)
@@ -109,6 +128,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--style", choices=STYLES, default="excel", help="how the file is written")
     parser.add_argument("--file", type=Path, help="benchmark this file instead")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -118,13 +138,20 @@ def main() -> None:
 
     path = args.file
     if path is None:
-        path = Path(tempfile.gettempdir()) / f"demographics-bench-{args.rows}-{args.seed}.csv"
-        if not path.exists():
-            print(f"generating {args.rows:,} rows (seed {args.seed}) -> {path}")
-            generate(path.with_suffix(".tmp"), args.rows, args.seed)
-            path.with_suffix(".tmp").rename(path)
+        folder = Path(tempfile.gettempdir())
+        base = folder / f"demographics-bench-{args.rows}-{args.seed}.csv"
+        if not base.exists():
+            print(f"generating {args.rows:,} rows (seed {args.seed}) -> {base}")
+            generate(base.with_suffix(".tmp"), args.rows, args.seed)
+            base.with_suffix(".tmp").rename(base)
+        path = base
+        if args.style != "excel":
+            path = base.with_name(f"{base.stem}-{args.style}.csv")
+            if not path.exists():
+                derive(base, path.with_suffix(".tmp"), args.style)
+                path.with_suffix(".tmp").rename(path)
     size_mb = path.stat().st_size / 1e6
-    print(f"file: {path} ({size_mb:.1f} MB)")
+    print(f"file: {path} ({size_mb:.1f} MB, style {args.style if args.file is None else 'given'})")
 
     results = {
         mode: [run_child(path, mode) for _ in range(args.runs)] for mode in ("full", "floor")

@@ -288,8 +288,6 @@ def _align_chunks(series: pl.Series, like: pl.Series) -> pl.Series:
 
 def _field_counts(body: bytes, lines: pl.Series, delimiter: str) -> pl.Series | None:
     """Fields per record, from physical lines and quote parity; None if quoting is unusual."""
-    if b"\x01" in body:
-        return None  # the marker used below for quoted values
     line = pl.col(_LINE)
     quoted_file = b'"' in body
     # One select, so polars runs the scans side by side.
@@ -320,13 +318,19 @@ def _field_counts(body: bytes, lines: pl.Series, delimiter: str) -> pl.Series | 
     quoted = stats["q"] > 0
     if not quoted.any():
         return counts
-    # Each quoted value becomes one marker; a marker not standing alone between delimiters,
-    # or a quote left over, is quoting polars and RFC 4180 may read differently.
+    # Lines with quotes must follow RFC 4180 exactly (a quoted value is a whole field), else
+    # polars and the strict reader may read them differently; fields are then counted with
+    # the same grammar, so a delimiter inside quotes does not count.
     d = _REGEX_ESCAPES[delimiter]
-    structure = stats.filter(quoted).select(line.str.replace_all(r'"(?:[^"]|"")*"', "\x01"))
-    checked = structure.select(
-        line.str.contains(f'"|[^{d}]\x01|\x01[^{d}\r]').any().alias("odd"),
-        (line.str.count_matches(delimiter, literal=True).cast(pl.UInt32) + 1).alias("fields"),
+    value = rf'(?:"(?:[^"]|"")*"|[^"{d}]*)'
+    checked = stats.filter(quoted).select(
+        (~line.str.contains(rf"^{value}(?:{d}{value})*$")).any().alias("odd"),
+        # Every field ends in a delimiter or the end of the line; regex iteration skips an
+        # empty match right after a previous one, hence the trailing-delimiter term.
+        (
+            line.str.count_matches(rf"{value}(?:{d}|$)").cast(pl.UInt32)
+            + line.str.ends_with(delimiter).cast(pl.UInt32)
+        ).alias("fields"),
     )
     if checked["odd"][0]:
         return None

@@ -100,15 +100,7 @@ def validate_parsed(
         complete = frame.filter(pl.col(FIELDS) == width).drop(FIELDS)
     else:
         complete = frame.drop(FIELDS)
-    coded = [c for c in CASE_NORMALIZED_COLUMNS if c in known]
-    lower = complete.select(pl.col(c).str.contains(r"\p{Ll}").any() for c in coded)
-    normalized = (
-        complete.with_columns(
-            pl.col(c).str.to_uppercase() for c, has in zip(coded, lower.row(0), strict=True) if has
-        )
-        if coded and complete.height
-        else complete
-    )
+    normalized = _upper_case_codes(complete, [c for c in CASE_NORMALIZED_COLUMNS if c in known])
     identifiers = [c for c in IDENTIFIER_COLUMNS if c in known]
     cell_issues = _cell_issues(complete, normalized, gender_codes)
     frames.append(cell_issues)
@@ -117,6 +109,16 @@ def validate_parsed(
         frames.append(_missing_identifier(complete, identifiers))
         frames.append(_duplicates(normalized, identifiers, cell_issues))
     return _finish(parsed, issues, frames, records.height, columns, district, stopped, normalized)
+
+
+def _upper_case_codes(complete: pl.DataFrame, coded: list[str]) -> pl.DataFrame:
+    """Y/N and gender codes in upper case; only columns holding a lower-case letter change."""
+    if not coded or complete.height == 0:
+        return complete
+    lower = complete.select(pl.col(c).str.contains(r"\p{Ll}").any() for c in coded).row(0)
+    return complete.with_columns(
+        pl.col(c).str.to_uppercase() for c, has in zip(coded, lower, strict=True) if has
+    )
 
 
 def _map_header(header: list[str]) -> tuple[dict[str, int], list[Issue]]:
