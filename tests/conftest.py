@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.validate import validate_bytes
+from tasks.read import read_source
+from tasks.validate import Validation, validate_bytes
 
 HEADER = (
     "SSID,email,gender,ethnicity,race,"
@@ -29,9 +31,17 @@ def row(
     return f"{ssid},{email},{gender},{ethnicity},{race},{flags}"
 
 
-def report_of(content: str | bytes, **kwargs: Any) -> dict[str, Any]:
+def validate_file(content: str | bytes, **kwargs: Any) -> Validation:
+    """Write the content to a real file, read it back as the command does, and validate it."""
     data = content.encode("utf-8") if isinstance(content, str) else content
-    return validate_bytes(data, "upload.csv", **kwargs).report.to_dict()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "upload.csv"
+        path.write_bytes(data)
+        return validate_bytes(read_source(path), path.name, **kwargs)
+
+
+def report_of(content: str | bytes, **kwargs: Any) -> dict[str, Any]:
+    return validate_file(content, **kwargs).report.to_dict()
 
 
 def codes(report: dict[str, Any]) -> list[str]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import HEADER, codes, issues_with, report_of, row
+from conftest import HEADER, codes, issues_with, report_of, row, validate_file
 
 from schemas.issues import CODES, Code, Scope
-from tasks.validate import validate_bytes
 
 # The contract's table (csv-contract.md, "Issue codes"): code -> (severity, scope).
 CONTRACT = {
@@ -224,7 +223,7 @@ def test_value_too_long_counts_characters_after_trimming() -> None:
 
 
 def test_normalized_value_for_lower_case_codes() -> None:
-    result = validate_bytes(f"{HEADER}\n{row(gender='f', flags='y,n,N,N,N,N,N')}\n".encode(), "f")
+    result = validate_file(f"{HEADER}\n{row(gender='f', flags='y,n,N,N,N,N,N')}\n")
     report = result.report.to_dict()
     normalized = issues_with(report, "normalized_value")
     assert [(i["column"], i["value"]) for i in normalized] == [
@@ -245,7 +244,7 @@ def test_normalized_value_for_lower_case_codes() -> None:
 
 
 def test_email_case_is_never_changed_nor_warned() -> None:
-    result = validate_bytes(f"{HEADER}\n{row(email='Ava.Martinez@Example.ORG')}\n".encode(), "f")
+    result = validate_file(f"{HEADER}\n{row(email='Ava.Martinez@Example.ORG')}\n")
     assert result.report.to_dict()["issues"] == []
     assert result.rows["email"][0] == "Ava.Martinez@Example.ORG"
 
@@ -253,7 +252,7 @@ def test_email_case_is_never_changed_nor_warned() -> None:
 def test_duplicate_row_warns_on_later_rows_and_applies_once() -> None:
     same = row()
     content = f"{HEADER}\n{same}\n{row(ssid='0012345679', email='b@x.org')}\n{same}\n{same}\n"
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     report = result.report.to_dict()
     assert [(i["row"], i["code"]) for i in report["issues"]] == [
         (4, "duplicate_row"),
@@ -279,7 +278,7 @@ def test_conflicting_duplicate_marks_every_row_and_applies_none() -> None:
         f"{HEADER}\n{row()}\n{row(ssid='0012345679', email='b@x.org')}\n{row()}\n"
         f"{row(gender='M')}\n"
     )
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     report = result.report.to_dict()
     conflicts = issues_with(report, "conflicting_duplicate")
     assert [i["row"] for i in conflicts] == [2, 4, 5]
@@ -297,7 +296,7 @@ def test_a_row_with_an_invalid_ssid_is_not_a_duplicate_of_anything() -> None:
 
 def test_a_row_with_any_error_is_skipped_whole() -> None:
     content = f"{HEADER}\n{row(gender='Q')}\n{row(ssid='0012345679', email='b@x.org')}\n"
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     assert result.rows["__row"].to_list() == [3]
 
 
@@ -346,7 +345,7 @@ def test_summary_counts_rows_with_warnings_and_errors() -> None:
 
 def test_file_level_error_lets_nothing_through_but_still_reports_rows() -> None:
     content = "SSID,gender,GENDER\n0012345678,F,F\n12,M,M\n"
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     report = result.report.to_dict()
     assert codes(report) == ["duplicate_column", "invalid_ssid"]
     assert result.rows.height == 0

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from conftest import HEADER, codes, issues_with, report_of, row
+from conftest import HEADER, codes, issues_with, report_of, row, validate_file
 
 from tasks.read import read_demographics
-from tasks.validate import validate_bytes
 
 
 def test_leading_zeros_and_every_value_stay_text() -> None:
     content = f"{HEADER}\n{row(ssid='0000000042', ethnicity='007', race='1e5')}\n"
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     assert result.report.summary.errors == 0
     first = result.rows.row(0, named=True)
     assert first["SSID"] == "0000000042"
@@ -30,7 +29,7 @@ def test_windows_1252_is_read_with_a_warning() -> None:
     # "Pérez-Ñúñez" and a right single quote as Excel on Windows writes them.
     race = "Pérez-Ñúñez\u2019s"
     content = f"{HEADER}\n{row(race=race)}\n".encode("cp1252")
-    result = validate_bytes(content, "f.csv")
+    result = validate_file(content)
     report = result.report.to_dict()
     assert report["file"]["encoding"] == "windows-1252"
     assert codes(report) == ["non_utf8_encoding"]
@@ -56,7 +55,7 @@ def test_utf16_excel_unicode_text_is_unreadable_with_a_hint() -> None:
 
 def test_semicolon_delimiter_from_european_excel() -> None:
     content = HEADER.replace(",", ";") + "\r\n" + row().replace(",", ";") + "\r\n"
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     assert codes(result.report.to_dict()) == ["non_comma_delimiter"]
     assert result.rows["SSID"][0] == "0012345678"
     assert result.rows["race"][0] == "White"
@@ -65,21 +64,21 @@ def test_semicolon_delimiter_from_european_excel() -> None:
 def test_tab_delimiter() -> None:
     values = ["0012345678", "a@b.org", "M", "Not Hispanic", "Asian, White", *"NNNNNNN"]
     content = HEADER.replace(",", "\t") + "\n" + "\t".join(values) + "\n"
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     assert codes(result.report.to_dict()) == ["non_comma_delimiter"]
     assert result.rows["race"][0] == "Asian, White"
 
 
 def test_header_with_a_comma_keeps_comma_even_if_semicolons_appear() -> None:
     content = "SSID,race\n0012345678,a;b\n"
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     assert codes(result.report.to_dict()) == []
     assert result.rows["race"][0] == "a;b"
 
 
 def test_crlf_line_endings_leave_no_carriage_returns_in_values() -> None:
     content = f"{HEADER}\r\n{row()}\r\n{row(ssid='0012345679', email='b@x.org')}\r\n"
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     assert result.report.summary.errors == 0
     assert result.rows["foster"].to_list() == ["N", "N"]
 
@@ -93,7 +92,7 @@ def test_quoted_fields_with_commas_quotes_and_line_breaks_keep_row_numbers() -> 
         'abc,"three\nline\nvalue",y\r\n'
         "42,White,z\r\n"
     )
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     report = result.report.to_dict()
     # A quoted line break does not start a spreadsheet row: the rows are 2..6.
     assert [(i["row"], i["code"]) for i in report["issues"]] == [
@@ -129,7 +128,7 @@ def test_blank_lines_before_the_header_keep_spreadsheet_numbering() -> None:
 
 def test_spaces_around_values_and_headers_are_removed_silently() -> None:
     content = " SSID , Email ,GENDER\n  0012345678 ,  a@b.org\t,  F \n"
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     assert result.report.to_dict()["issues"] == []
     assert result.rows.row(0, named=True) == {
         "__row": 2,
@@ -178,7 +177,7 @@ def test_text_after_a_closing_quote_is_malformed() -> None:
 
 def test_a_quote_inside_an_unquoted_value_is_a_literal() -> None:
     content = 'SSID,race\n0012345678,5"10 tall\n0012345679,White\n'
-    result = validate_bytes(content.encode(), "f.csv")
+    result = validate_file(content)
     assert result.report.to_dict()["issues"] == []
     assert result.rows["race"].to_list() == ['5"10 tall', "White"]
 
