@@ -16,6 +16,7 @@ import codecs
 import csv
 import hashlib
 import io
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,7 @@ def _split_leading_blank_lines(text: bytes) -> tuple[int, bytes]:
 
 
 def _detect_delimiter(header_line: bytes) -> str:
+    header_line = re.sub(rb'"[^"]*"', b"", header_line)  # a comma inside quotes is no delimiter
     if b"," in header_line:
         return ","
     if b";" in header_line:

@@ -76,6 +76,13 @@ def test_header_with_a_comma_keeps_comma_even_if_semicolons_appear() -> None:
     assert result.rows["race"][0] == "a;b"
 
 
+def test_a_quoted_comma_in_a_semicolon_header_is_not_the_delimiter() -> None:
+    content = '"Student, ID";SSID;gender\n"a, b";0012345678;F\n'
+    result = validate_file(content)
+    assert codes(result.report.to_dict()) == ["non_comma_delimiter", "unknown_column"]
+    assert result.rows.row(0, named=True) == {"__row": 2, "SSID": "0012345678", "gender": "F"}
+
+
 def test_crlf_line_endings_leave_no_carriage_returns_in_values() -> None:
     content = f"{HEADER}\r\n{row()}\r\n{row(ssid='0012345679', email='b@x.org')}\r\n"
     result = validate_file(content)
