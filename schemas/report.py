@@ -15,7 +15,7 @@ from typing import Any, Literal
 import polars as pl
 
 from schemas.columns import KNOWN_COLUMNS
-from schemas.issues import Code, Severity
+from schemas.issues import FILE_STOPPING, Code, Severity
 
 REPORT_VERSION = 1
 MAX_VALUE_CHARS = 80
@@ -120,6 +120,12 @@ class Report:
     @property
     def has_errors(self) -> bool:
         return self.summary.errors > 0
+
+    @property
+    def stopped(self) -> bool:
+        """A file-level error stops the whole file: nothing in it can be applied."""
+        stopping = [code.value for code in FILE_STOPPING]
+        return bool(self.issues["code"].is_in(stopping).any())
 
     @property
     def exit_code(self) -> int:

@@ -41,8 +41,13 @@ def printable(value: str | None) -> str:
 
 def outcome_sentence(report: Report) -> str:
     s = report.summary
+    if report.stopped:
+        return (
+            "The file has a file-level error (listed first below): nothing in it can be "
+            "applied until that is fixed."
+        )
     if report.has_errors and s.rows == s.error_rows:
-        return "The file has errors that stop it: nothing in it can be applied as it is."
+        return "Every row has errors: nothing in the file can be applied as it is."
     if report.has_errors:
         return (
             f"{s.error_rows} of {s.rows} rows have errors and would be skipped; "

@@ -176,3 +176,10 @@ def test_max_issues_zero_lists_every_issue(cli, write_csv) -> None:
     full = cli("validate", path, "--max-issues", "0").stdout
     assert "more issues" not in full
     assert full.count("invalid_ssid") == 251  # the by-code line and 250 table rows
+
+
+def test_a_file_level_error_is_the_outcome_even_when_rows_are_valid(cli, write_csv) -> None:
+    result = cli("validate", write_csv(f"SSID,gender,Gender\n{'0012345678,F,F'}\n"))
+    assert result.exit_code == 1
+    assert "file-level error" in result.stdout.splitlines()[1]
+    assert "duplicate_column" in result.stdout
