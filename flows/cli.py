@@ -112,7 +112,7 @@ def write_report(path: Path, text: str) -> None:
 def demo() -> None:
     """Run the main job end to end on the bundled sample and embedded defaults."""
     from tasks.read import read_source
-    from tasks.render import outcome_sentence, render_html, render_text, summary_line
+    from tasks.render import render_html, render_text
     from tasks.settings import load_settings
     from tasks.validate import validate_bytes
 
@@ -123,12 +123,8 @@ def demo() -> None:
     json_path = out_dir / "demo-validation.json"
     write_report(html_path, render_html(report))
     write_report(json_path, report.to_json() + "\n")
-    typer.echo(f"Validated the sample file {SAMPLE_FILE}")
-    typer.echo(summary_line(report))
-    typer.echo(outcome_sentence(report))
-    typer.echo("")
-    typer.echo(render_text(report, max_issues=15).split("\n\n", 1)[-1].rstrip())
-    typer.echo("")
+    typer.echo(f"Validated the sample file {SAMPLE_FILE}\n")
+    typer.echo(render_text(report, max_issues=15))
     typer.echo(f"HTML report: {html_path}")
     typer.echo(f"JSON report: {json_path}")
 

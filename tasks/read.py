@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from schemas.issues import Code
+from schemas.issues import FILE_STOPPING, Code
 from schemas.report import FileInfo, Issue
 
 DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
@@ -59,7 +59,7 @@ class ParsedFile:
     @property
     def stopped(self) -> bool:
         """True when the file could not be read into rows at all."""
-        return any(i.code.severity == "error" for i in self.issues)
+        return any(i.code in FILE_STOPPING for i in self.issues)
 
 
 def read_source(path: Path) -> bytes:
@@ -169,13 +169,10 @@ def _decode(data: bytes) -> tuple[bytes, str | None, Issue | None]:
     """UTF-8 (BOM or not), else Windows-1252; returns UTF-8 bytes (a BOM may lead)."""
     if not data or data.isspace():
         return data, None, Issue(Code.EMPTY_FILE, _empty_message(data))
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
-        hint = (
-            "it looks like UTF-16 (Excel's 'Unicode Text'); "
-            if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data[:4]
-            else "it holds NUL bytes, so it is not a text file; "
-        )
-        return data, None, _unreadable(hint)
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data[:4]:
+        return data, None, _unreadable("it looks like UTF-16 (Excel's 'Unicode Text'); ")
+    if b"\x00" in data:
+        return data, None, _unreadable("it holds NUL bytes, so it is not a text file; ")
     if data.startswith(b"PK\x03\x04"):
         return data, None, _unreadable("it looks like an Excel workbook (.xlsx), not a CSV; ")
     # A UTF-8 file keeps its BOM: polars skips it, and not slicing it off saves a copy.

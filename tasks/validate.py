@@ -24,7 +24,7 @@ from schemas.columns import (
     MAX_TEXT_LENGTH,
     canonical_column,
 )
-from schemas.issues import Code, Severity
+from schemas.issues import FILE_STOPPING, Code, Severity
 from schemas.report import (
     ISSUE_COLUMNS,
     ISSUE_SCHEMA,
@@ -84,7 +84,7 @@ def validate_parsed(
 
     known, header_issues = _map_header(parsed.header)
     issues.extend(header_issues)
-    stopped = any(i.code.severity is Severity.ERROR for i in issues)
+    stopped = any(i.code in FILE_STOPPING for i in issues)
     records = parsed.records
     if records.height == 0:
         issues.append(Issue(Code.NO_DATA_ROWS, "the file has a header but no data rows"))
@@ -435,7 +435,7 @@ def _duplicates(
                 repeated,
                 Code.DUPLICATE_ROW,
                 pl.format(
-                    "the same student with the same values as row {}; it is applied once",
+                    "the same student with the same values as row {}; this copy is ignored",
                     pl.col("_first"),
                 ),
             ),
