@@ -108,25 +108,284 @@ def write_report(path: Path, text: str) -> None:
         fail(f"cannot write {path}: {exc.strerror or 'I/O error'}")
 
 
+db_app = typer.Typer(
+    help="The database: URL, schema upgrade, embedded server.", no_args_is_help=True
+)
+roster_app = typer.Typer(help="The district roster (OneRoster 1.1 CSV).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(roster_app, name="roster")
+
+
+class SyncFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _database_url() -> str:
+    from tasks.db import DatabaseUnavailable, database_url
+
+    try:
+        return database_url()
+    except DatabaseUnavailable as exc:
+        fail(str(exc))
+
+
+def _ready_url() -> str:
+    """The database URL, with the schema up to date (applied here only on the embedded server)."""
+    from tasks.db import DatabaseUnavailable, connect, pending, upgrade
+    from tasks.settings import load_settings
+
+    url = _database_url()
+    try:
+        with connect(url, autocommit=True) as conn:
+            waiting = pending(conn)
+            if waiting and load_settings().database_url is None:
+                upgrade(conn)
+            elif waiting:
+                fail(
+                    f"the database schema is not up to date ({len(waiting)} SQL files to apply); "
+                    "run: demographics db upgrade"
+                )
+    except DatabaseUnavailable as exc:
+        fail(str(exc))
+    return url
+
+
+def _database_errors(func):  # type: ignore[no-untyped-def]
+    """Turn database and store exceptions into one line on stderr (exit 2), never a traceback."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        import psycopg
+
+        from tasks.db import DatabaseUnavailable, MigrationChanged, describe_error
+        from tasks.roster import RosterRefused
+        from tasks.store import DistrictBusy, UnknownDistrict
+        from tasks.undo import UndoRefused
+
+        try:
+            return func(*args, **kwargs)
+        except (
+            DatabaseUnavailable,
+            DistrictBusy,
+            UnknownDistrict,
+            MigrationChanged,
+            RosterRefused,
+            UndoRefused,
+        ) as exc:
+            fail(str(exc))
+        except psycopg.Error as exc:
+            fail(describe_error(exc))
+
+    return wrapper
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the connection URL, starting the embedded server if needed.
+
+    So `psql "$(demographics db url)"` works.
+    """
+    typer.echo(_database_url())
+
+
+@db_app.command("upgrade")
+@_database_errors
+def db_upgrade() -> None:
+    """Apply the numbered SQL files in sql/ that are not applied yet."""
+    from tasks.db import connect, upgrade
+
+    with connect(_database_url()) as conn:
+        applied = upgrade(conn)
+    typer.echo(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server (it is left running between commands)."""
+    from tasks.db import stop_embedded
+    from tasks.settings import load_settings
+
+    settings = load_settings()
+    if settings.database_url:
+        fail("DEMOGRAPHICS_DATABASE_URL is set: there is no embedded server to stop")
+    stopped = stop_embedded(settings.pgdata)
+    typer.echo("stopped the embedded server" if stopped else "the embedded server is not running")
+
+
+@roster_app.command("load")
+@_database_errors
+def roster_load(
+    directory: Annotated[
+        Path, typer.Argument(help="Folder with orgs.csv, users.csv, classes.csv, enrollments.csv.")
+    ],
+    district: Annotated[str, typer.Option("--district", "-d", help="The district's code.")],
+    format: Annotated[SyncFormat, typer.Option("--format", "-f")] = SyncFormat.text,
+) -> None:
+    """Load a district's full roster snapshot: upsert what is there, deactivate what is gone.
+
+    Exit status: 0 loaded, 1 the roster has errors (nothing loaded), 2 the command could not run.
+    """
+    from tasks.db import connect
+    from tasks.render import render_roster
+    from tasks.roster import load_roster, read_roster
+    from tasks.settings import load_settings
+
+    if not directory.is_dir():
+        fail(f"{directory}: not a folder")
+    snapshot = read_roster(directory)
+    url = _ready_url()
+    with connect(url) as conn:
+        result = load_roster(conn, district, snapshot, load_settings().lock_wait_seconds)
+    typer.echo(result.to_json() if format is SyncFormat.json else render_roster(result), nl=False)
+    raise typer.Exit(0 if result.loaded else 1)
+
+
+def _sync_command(
+    file: Path, district: str, mode: str, approve: bool, format: SyncFormat, max_issues: int | None
+) -> None:
+    from tasks.read import SourceUnreadable, read_source
+    from tasks.render import DEFAULT_TEXT_ISSUES, render_json, render_sync_text
+    from tasks.settings import load_settings
+    from tasks.sync import run_file
+
+    try:
+        data = read_source(file)
+    except SourceUnreadable as exc:
+        fail(f"cannot read {exc}")
+    url = _ready_url()
+    outcome = run_file(
+        url,
+        district,
+        data,
+        file.name,
+        mode=mode,  # type: ignore[arg-type]
+        approve=approve,
+        lock_wait_seconds=load_settings().lock_wait_seconds,
+    )
+    if format is SyncFormat.json:
+        sys.stdout.write(render_json(outcome.report) + "\n")
+    else:
+        limit = DEFAULT_TEXT_ISSUES if max_issues is None else max_issues
+        sys.stdout.write(render_sync_text(outcome.report, outcome.message, limit))
+    if outcome.status == "failed":
+        typer.echo(f"error: {outcome.message}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(outcome.report.exit_code)
+
+
+DistrictOption = Annotated[str, typer.Option("--district", "-d", help="The district's code.")]
+FileArgument = Annotated[Path, typer.Argument(help="The demographics CSV file.")]
+FormatOption = Annotated[SyncFormat, typer.Option("--format", "-f", help="Output format.")]
+MaxIssuesOption = Annotated[
+    int | None, typer.Option(help="Issues listed in text output (default 200); 0 lists all.")
+]
+
+
 @app.command()
+@_database_errors
+def preview(
+    file: FileArgument,
+    district: DistrictOption,
+    format: FormatOption = SyncFormat.text,
+    max_issues: MaxIssuesOption = None,
+) -> None:
+    """Show what a sync would do (matching, safeguards, counts) without writing anything."""
+    _sync_command(file, district, "preview", False, format, max_issues)
+
+
+@app.command()
+@_database_errors
+def sync(
+    file: FileArgument,
+    district: DistrictOption,
+    approve: Annotated[
+        bool, typer.Option(help="Apply this file although it was held (same file, same SHA-256).")
+    ] = False,
+    format: FormatOption = SyncFormat.text,
+    max_issues: MaxIssuesOption = None,
+) -> None:
+    """Apply a file to the district's students, in one transaction, with history and a run record.
+
+    Exit status: 0 no errors, 1 errors found, 2 the command could not run (or the run failed).
+    """
+    _sync_command(file, district, "sync", approve, format, max_issues)
+
+
+@app.command()
+@_database_errors
+def runs(
+    district: Annotated[str | None, typer.Option("--district", "-d")] = None,
+    limit: Annotated[int, typer.Option(help="How many of the latest runs.")] = 50,
+) -> None:
+    """List sync and undo runs, latest first."""
+    from tasks.db import connect
+    from tasks.render import render_runs
+    from tasks.store import list_runs
+
+    with connect(_ready_url()) as conn:
+        typer.echo(render_runs(list_runs(conn, district, limit)), nl=False)
+
+
+@app.command()
+@_database_errors
+def undo(run_id: Annotated[int, typer.Argument(help="The sync run to undo.")]) -> None:
+    """Put back the values a sync run changed (values changed again since are kept)."""
+    from tasks.settings import load_settings
+    from tasks.sync import default_requester
+    from tasks.undo import undo_run
+
+    outcome = undo_run(_ready_url(), run_id, default_requester(), load_settings().lock_wait_seconds)
+    typer.echo(outcome.message)
+    for student, field, later in outcome.kept_examples:
+        typer.echo(f"  kept: student {student}, {field} (changed again by run {later})")
+    if outcome.kept > len(outcome.kept_examples):
+        typer.echo(f"  ... and {outcome.kept - len(outcome.kept_examples)} more kept values")
+
+
+SAMPLE_ROSTER = SAMPLE_FILE.parent / "roster"
+SAMPLE_DISTRICT = "maple-valley"
+
+
+@app.command()
+@_database_errors
 def demo() -> None:
     """Run the main job end to end on the bundled sample and embedded defaults."""
+    from tasks.db import connect
     from tasks.read import read_source
-    from tasks.render import render_html, render_text
+    from tasks.render import render_html, render_roster, render_sync_text
+    from tasks.roster import load_roster, read_roster
     from tasks.settings import load_settings
+    from tasks.sync import run_file
     from tasks.validate import validate_bytes
 
     settings = load_settings()
-    report = validate_bytes(read_source(SAMPLE_FILE), SAMPLE_FILE.name).report
+    data = read_source(SAMPLE_FILE)
+    report = validate_bytes(data, SAMPLE_FILE.name).report
     out_dir = settings.reports_dir
     html_path = out_dir / "demo-validation.html"
     json_path = out_dir / "demo-validation.json"
     write_report(html_path, render_html(report))
     write_report(json_path, report.to_json() + "\n")
-    typer.echo(f"Validated the sample file {SAMPLE_FILE}\n")
-    typer.echo(render_text(report, max_issues=15))
-    typer.echo(f"HTML report: {html_path}")
-    typer.echo(f"JSON report: {json_path}")
+
+    url = _ready_url()
+    typer.echo(f"1. Load the sample roster {SAMPLE_ROSTER} as district {SAMPLE_DISTRICT}")
+    with connect(url) as conn:
+        result = load_roster(conn, SAMPLE_DISTRICT, read_roster(SAMPLE_ROSTER))
+    typer.echo(render_roster(result))
+    for step in (2, 3):
+        again = " again (same file: nothing changes)" if step == 3 else ""
+        typer.echo(f"{step}. Sync the sample file {SAMPLE_FILE.name}{again}")
+        outcome = run_file(url, SAMPLE_DISTRICT, data, SAMPLE_FILE.name, mode="sync")
+        text = render_sync_text(outcome.report, outcome.message, max_issues=12 if step == 2 else 0)
+        typer.echo(text if step == 2 else "\n".join(text.splitlines()[:2]) + "\n")
+    typer.echo(f"HTML validation report: {html_path}")
+    typer.echo(f"JSON validation report: {json_path}")
+    typer.echo(
+        f"Runs: demographics runs --district {SAMPLE_DISTRICT}    "
+        'Database: psql "$(demographics db url)"'
+    )
 
 
 def main() -> None:

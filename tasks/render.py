@@ -6,11 +6,17 @@ off): a file can carry `<script>` in any cell, and the report shows offending va
 
 from __future__ import annotations
 
+from datetime import UTC
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import jinja2
 
 from schemas.report import Report
+from schemas.roster import RosterResult
+
+if TYPE_CHECKING:
+    from tasks.store import RunRow
 
 DEFAULT_TEXT_ISSUES = 200
 DEFAULT_HTML_ISSUES = 10_000
@@ -107,4 +113,92 @@ def render_html(report: Report, max_issues: int = DEFAULT_HTML_ISSUES) -> str:
         hidden=report.issues.height - len(issues),
         counts=report.counts_by_code(),
         outcome=outcome_sentence(report),
+    )
+
+
+def sync_line(report: Report, message: str) -> str:
+    """One line: the run, its status and counts, then what happened in words."""
+    block = report.sync
+    if block is None:
+        return message
+    run = f"run {block.run_id}" if block.run_id else "no run recorded"
+    return (
+        f"{block.status} ({run}): matched {block.matched}, updated {block.updated}, "
+        f"unchanged {block.unchanged}, unmatched {block.unmatched}; {message}"
+    )
+
+
+def render_sync_text(report: Report, message: str, max_issues: int = DEFAULT_TEXT_ISSUES) -> str:
+    return sync_line(report, message) + "\n" + render_text(report, max_issues)
+
+
+def render_roster(result: RosterResult, max_issues: int = DEFAULT_TEXT_ISSUES) -> str:
+    lines = []
+    if result.loaded:
+        lines.append(f"roster of district {result.district} loaded:")
+        for name, c in result.counts.items():
+            lines.append(
+                f"  {name:<12} {c.active:>8} active  (+{c.added} added, {c.updated} updated, "
+                f"{c.deactivated} deactivated)"
+            )
+    else:
+        lines.append(
+            f"roster of district {result.district} NOT loaded: {result.errors} errors "
+            "(a snapshot with errors would deactivate people who are still there)"
+        )
+    shown = result.issues if max_issues <= 0 else result.issues[:max_issues]
+    for i in shown:
+        where = i.file + (f" row {i.row}" if i.row is not None else "")
+        where += f", column {i.column}" if i.column else ""
+        lines.append(f"  {i.severity:<7} {i.code:<18} {where}: {i.message}")
+    if len(shown) < len(result.issues):
+        lines.append(f"  ... and {len(result.issues) - len(shown)} more (use --format json)")
+    return "\n".join(lines) + "\n"
+
+
+def render_runs(runs: list[RunRow]) -> str:
+    if not runs:
+        return "no runs yet\n"
+    header = (
+        "RUN",
+        "DISTRICT",
+        "KIND",
+        "STATUS",
+        "FINISHED (UTC)",
+        "FILE",
+        "MATCHED",
+        "UPDATED",
+        "VALUES",
+        "NOTE",
+    )
+    table = []
+    for r in runs:
+        note = []
+        if r.resolution:
+            note.append(f"{r.resolution} by {r.resolved_by}")
+        if r.undone_by:
+            note.append(f"undone by run {r.undone_by}")
+        if r.message:
+            note.append(r.message)
+        table.append(
+            (
+                str(r.run_id),
+                r.district,
+                r.kind,
+                r.status,
+                r.finished_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                printable(r.file_name) or "-",
+                "" if r.matched is None else str(r.matched),
+                "" if r.updated is None else str(r.updated),
+                "" if r.values_changed is None else str(r.values_changed),
+                "; ".join(note),
+            )
+        )
+    widths = [max(len(row[k]) for row in [header, *table]) for k in range(len(header) - 1)]
+    return (
+        "\n".join(
+            "  ".join([*(row[k].ljust(widths[k]) for k in range(len(widths))), row[-1]]).rstrip()
+            for row in [header, *table]
+        )
+        + "\n"
     )

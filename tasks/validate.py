@@ -53,6 +53,11 @@ class Validation:
     _normalized: pl.DataFrame | None = field(default=None, repr=False)
     _skipped: pl.Series | None = field(default=None, repr=False)
 
+    @property
+    def normalized(self) -> pl.DataFrame | None:
+        """Every complete row (errors included), codes upper-cased; None if the file stopped."""
+        return self._normalized
+
     @cached_property
     def rows(self) -> pl.DataFrame:
         if self._normalized is None or self._skipped is None:
@@ -67,15 +72,21 @@ def validate_bytes(
     name: str,
     gender_codes: tuple[str, ...] = DEFAULT_GENDER_CODES,
     district: str | None = None,
+    judge_duplicates: bool = True,
 ) -> Validation:
-    """Read and validate one file's bytes. Never raises for any content."""
-    return validate_parsed(read_demographics(data, name), gender_codes, district)
+    """Read and validate one file's bytes. Never raises for any content.
+
+    A sync passes `judge_duplicates=False`: there, two rows are the same student when they
+    match the same student, which only the roster can tell (see `tasks.match`).
+    """
+    return validate_parsed(read_demographics(data, name), gender_codes, district, judge_duplicates)
 
 
 def validate_parsed(
     parsed: ParsedFile,
     gender_codes: tuple[str, ...] = DEFAULT_GENDER_CODES,
     district: str | None = None,
+    judge_duplicates: bool = True,
 ) -> Validation:
     gender_codes = tuple(code.upper() for code in gender_codes)
     issues: list[Issue] = list(parsed.issues)
@@ -107,7 +118,8 @@ def validate_parsed(
     frames.append(_normalized_value(complete, normalized, gender_codes))
     if identifiers:
         frames.append(_missing_identifier(complete, identifiers))
-        frames.append(_duplicates(normalized, identifiers, cell_issues))
+        if judge_duplicates:
+            frames.append(_duplicates(normalized, identifiers, cell_issues))
     return _finish(parsed, issues, frames, records.height, columns, district, stopped, normalized)
 
 
@@ -464,16 +476,41 @@ def _finish(
     normalized: pl.DataFrame | None = None,
 ) -> Validation:
     issue_table = sort_issues(pl.concat([issues_frame(issues), *frames]).select(ISSUE_COLUMNS))
+    summary = summarize(issue_table, rows)
+    report = Report(file=parsed.info, summary=summary, issues=issue_table, district=district)
+    if stopped or normalized is None:
+        return Validation(report=report, columns=columns)
+    return Validation(
+        report=report,
+        columns=columns,
+        _normalized=normalized,
+        _skipped=skipped_rows(issue_table),
+    )
+
+
+def skipped_rows(issue_table: pl.DataFrame) -> pl.Series:
+    """Rows not applied: any error, or a later copy of an identical row (applied once)."""
+    return issue_table.filter(
+        pl.col("row").is_not_null()
+        & ((pl.col("severity") == Severity.ERROR.value) | (pl.col("code") == Code.DUPLICATE_ROW))
+    )["row"].cast(pl.UInt32)
+
+
+def summarize(issue_table: pl.DataFrame, rows: int) -> Summary:
+    """The report's counts: rows with errors, rows with warnings, and issues by severity."""
     row_issues = issue_table.filter(pl.col("row").is_not_null())
-    error_row_numbers = row_issues.filter(pl.col("severity") == Severity.ERROR.value)["row"]
-    error_rows = error_row_numbers.n_unique() if rows else 0
+    error_rows = (
+        row_issues.filter(pl.col("severity") == Severity.ERROR.value)["row"].n_unique()
+        if rows
+        else 0
+    )
     warning_rows = (
         row_issues.filter(pl.col("severity") == Severity.WARNING.value)["row"].n_unique()
         if rows
         else 0
     )
     errors = int((issue_table["severity"] == Severity.ERROR.value).sum())
-    summary = Summary(
+    return Summary(
         rows=rows,
         valid_rows=rows - error_rows,
         error_rows=error_rows,
@@ -481,11 +518,15 @@ def _finish(
         errors=errors,
         warnings=issue_table.height - errors,
     )
-    report = Report(file=parsed.info, summary=summary, issues=issue_table, district=district)
-    if stopped or normalized is None:
-        return Validation(report=report, columns=columns)
-    # A repeated identical row is valid but applied once: keep only the first.
-    skipped = row_issues.filter(
-        (pl.col("severity") == Severity.ERROR.value) | (pl.col("code") == Code.DUPLICATE_ROW)
-    )["row"].cast(pl.UInt32)
-    return Validation(report=report, columns=columns, _normalized=normalized, _skipped=skipped)
+
+
+def with_issues(report: Report, extra: list[pl.DataFrame]) -> Report:
+    """The report with more issues (found by matching or the safeguards), counts redone."""
+    table = sort_issues(pl.concat([report.issues, *extra]).select(ISSUE_COLUMNS))
+    return Report(
+        file=report.file,
+        summary=summarize(table, report.summary.rows),
+        issues=table,
+        district=report.district,
+        sync=report.sync,
+    )

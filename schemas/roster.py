@@ -1,0 +1,93 @@
+"""What a OneRoster 1.1 CSV roster looks like, as far as this project reads it.
+
+Only the columns the project uses are required; any other OneRoster column may be present and
+is ignored. Headers are matched ignoring case and spaces, like the demographics file's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+ROSTER_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # file: (required columns, optional columns used)
+    "orgs.csv": (("sourcedId", "name", "type"), ("status", "identifier", "parentSourcedId")),
+    "users.csv": (
+        ("sourcedId", "orgSourcedIds", "role", "givenName", "familyName"),
+        ("status", "enabledUser", "identifier", "email"),
+    ),
+    "classes.csv": (("sourcedId", "title", "schoolSourcedId"), ("status",)),
+    "enrollments.csv": (("sourcedId", "classSourcedId", "userSourcedId", "role"), ("status",)),
+}
+# Values that must be present on every row (beyond sourcedId).
+REQUIRED_VALUES: dict[str, tuple[str, ...]] = {
+    "orgs.csv": ("sourcedId", "name", "type"),
+    "users.csv": ("sourcedId", "orgSourcedIds", "role"),
+    "classes.csv": ("sourcedId", "title", "schoolSourcedId"),
+    "enrollments.csv": ("sourcedId", "classSourcedId", "userSourcedId", "role"),
+}
+
+ORG_TYPES = ("department", "school", "district", "local", "state", "national")
+USER_ROLES = (
+    "administrator",
+    "aide",
+    "guardian",
+    "parent",
+    "proctor",
+    "relative",
+    "student",
+    "teacher",
+)
+STAFF_ROLES = ("administrator", "aide", "proctor", "teacher")
+ENROLLMENT_ROLES = ("administrator", "proctor", "student", "teacher")
+STATUSES = ("active", "tobedeleted")
+BOOLEANS = ("true", "false")
+
+RosterSeverity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class RosterIssue:
+    """One finding in a roster file: which file, row and column, and what is wrong."""
+
+    file: str
+    severity: RosterSeverity
+    code: str
+    message: str
+    row: int | None = None
+    column: str | None = None
+
+
+@dataclass
+class RosterCounts:
+    """What a load did to one kind of record."""
+
+    added: int = 0
+    updated: int = 0
+    deactivated: int = 0
+    active: int = 0
+
+
+@dataclass
+class RosterResult:
+    district: str
+    issues: list[RosterIssue]
+    counts: dict[str, RosterCounts]
+    loaded: bool
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for i in self.issues if i.severity == "error")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "district": self.district,
+                "loaded": self.loaded,
+                "counts": {k: asdict(v) for k, v in self.counts.items()},
+                "issues": [asdict(i) for i in self.issues],
+            },
+            indent=2,
+            ensure_ascii=False,
+        )

@@ -1,0 +1,55 @@
+"""Write one sync's changes: the changed students' values and one history row per value.
+
+Set-based and in the caller's transaction: the changed rows arrive in one COPY, then one UPDATE
+(and one INSERT for students with no values yet) joins them by key. Values that do not differ
+were already left out by the diff, so unchanged students cost nothing here.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import psycopg
+
+from tasks.db import copy_frame
+from tasks.match import STUDENT_ID, VALUE_COLUMNS
+
+_DELTA_TABLE = """
+CREATE TEMP TABLE sync_delta (
+    student_id bigint PRIMARY KEY, has_row boolean NOT NULL,
+    gender text, ethnicity text, race text,
+    english_learner boolean, migrant boolean, gifted_learner boolean, special_ed boolean,
+    sed boolean, homeless boolean, foster boolean
+) ON COMMIT DROP"""
+
+_ASSIGN = ", ".join(f"{c} = x.{c}" for c in VALUE_COLUMNS)
+_COLUMNS = ", ".join(VALUE_COLUMNS)
+
+
+def apply_changes(
+    cur: psycopg.Cursor, run_id: int, delta: pl.DataFrame, history: pl.DataFrame
+) -> None:
+    """Apply `delta` (final values of changing students) and record `history` for `run_id`."""
+    if delta.height == 0:
+        return
+    cur.execute(_DELTA_TABLE)
+    copy_frame(cur, "sync_delta", delta.select(STUDENT_ID, "has_row", *VALUE_COLUMNS))
+    cur.execute("ANALYZE sync_delta")
+    cur.execute(
+        f"""UPDATE core.student_demographics d SET {_ASSIGN}, updated_at = now()
+            FROM sync_delta x WHERE x.has_row AND d.student_id = x.student_id"""
+    )
+    cur.execute(
+        f"""INSERT INTO core.student_demographics (student_id, {_COLUMNS})
+            SELECT student_id, {_COLUMNS} FROM sync_delta WHERE NOT has_row"""
+    )
+    copy_frame(
+        cur,
+        "core.demographic_changes",
+        history.select(
+            pl.lit(run_id, dtype=pl.Int64).alias("run_id"),
+            STUDENT_ID,
+            "field",
+            "old_value",
+            "new_value",
+        ),
+    )

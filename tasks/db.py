@@ -1,0 +1,246 @@
+"""The database: where it is, how to connect, and bringing its schema up to date.
+
+With `DEMOGRAPHICS_DATABASE_URL` set, that server is used as it is. Unset, an embedded
+PostgreSQL (the `pgserver` package ships real binaries) is started in `$DEMOGRAPHICS_HOME/pgdata`
+and left running, so the next command (or `psql "$(demographics db url)"`) finds it ready;
+`demographics db stop` stops it.
+
+Error messages from here never carry the server's own text: a PostgreSQL error can quote row
+values (a unique violation's DETAIL, a COPY's CONTEXT), so only the SQLSTATE is passed on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+EMBEDDED_DATABASE = "demographics"
+APPLICATION_NAME = "demographics-sync"
+MIGRATION_LOCK = 0x44454D4F  # "DEMO": one `db upgrade` at a time
+
+# Bulk-friendly settings for the embedded server (see README, "Production database").
+EMBEDDED_TUNING = {
+    "max_wal_size": "8GB",
+    "min_wal_size": "512MB",
+    "checkpoint_timeout": "30min",
+    "checkpoint_completion_target": "0.9",
+    "wal_compression": "on",
+    # The server log must never hold student values: no statement or COPY line context.
+    "log_error_verbosity": "terse",
+    "log_min_error_statement": "panic",
+}
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or started; the message is safe to print."""
+
+
+def database_url(settings: object | None = None) -> str:
+    """The URL to connect to: the configured one, else the embedded server's (started if needed)."""
+    from tasks.settings import Settings, load_settings
+
+    s = settings if isinstance(settings, Settings) else load_settings()
+    if s.database_url:
+        return s.database_url
+    return embedded_url(s.pgdata)
+
+
+def embedded_url(pgdata: Path) -> str:
+    """Start (or find running) the embedded server for `pgdata` and return its URL."""
+    pgdata = pgdata.expanduser().resolve()
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers): harmless.
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            pgdata.parent.mkdir(parents=True, exist_ok=True)
+            server = pgserver.get_server(pgdata, cleanup_mode=None)
+    except Exception as exc:
+        raise DatabaseUnavailable(
+            f"cannot start the embedded PostgreSQL in {pgdata} ({type(exc).__name__}); "
+            f"see {pgdata / 'log'}"
+        ) from exc
+    admin_url = server.get_uri()
+    _prepare_embedded(admin_url)
+    return server.get_uri(EMBEDDED_DATABASE)
+
+
+def _prepare_embedded(admin_url: str) -> None:
+    """Create the project's database and tune the server for bulk work, once."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)
+        ).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE)))
+        current = dict(
+            conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                (list(EMBEDDED_TUNING),),
+            ).fetchall()
+        )
+        if current.get("log_min_error_statement") != "panic":
+            for name, value in EMBEDDED_TUNING.items():
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def stop_embedded(pgdata: Path) -> bool:
+    """Stop the embedded server if it runs; True if it was running."""
+    from pgserver._commands import pg_ctl
+    from pgserver.utils import PostmasterInfo
+
+    pgdata = pgdata.expanduser().resolve()
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if info is None or not info.is_running():
+        return False
+    user = "pgserver" if _is_root() else None
+    pg_ctl(["-w", "stop"], pgdata=pgdata, user=user)
+    return True
+
+
+def _is_root() -> bool:
+    import os
+
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def connect(url: str, autocommit: bool = False) -> psycopg.Connection:
+    """A connection named for the project, so `pg_stat_activity` shows who is working."""
+    try:
+        return psycopg.connect(url, autocommit=autocommit, application_name=APPLICATION_NAME)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database at {safe_url(url)}") from exc
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A database error in words that never include the server's message (it may hold values)."""
+    if isinstance(exc, psycopg.Error):
+        state = getattr(exc, "sqlstate", None) or "no SQLSTATE"
+        return f"database error {type(exc).__name__} (SQLSTATE {state})"
+    return type(exc).__name__
+
+
+def copy_frame(cur: psycopg.Cursor, table: str, frame: pl.DataFrame) -> None:
+    """Bulk-load a frame into a (temporary) table with one COPY; nulls stay nulls."""
+    buffer = io.BytesIO()
+    frame.write_csv(buffer, include_header=False, null_value="")
+    columns = ", ".join(frame.columns)
+    with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+        view = buffer.getbuffer()
+        step = 1 << 20
+        for start in range(0, len(view), step):
+            copy.write(view[start : start + step])
+        del view
+
+
+# --- migrations --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    path: Path
+
+    @property
+    def text(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+def migrations(directory: Path = SQL_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise ValueError(f"{path.name}: SQL files are named NNN_name.sql")
+        found.append(Migration(match.group(1), match.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError("two SQL files share a number")
+    return found
+
+
+class MigrationChanged(Exception):
+    """An applied file was edited: add a new numbered file instead."""
+
+
+def pending(conn: psycopg.Connection, directory: Path = SQL_DIR) -> list[str]:
+    """Names of the SQL files not applied yet (or changed, for `_always` files)."""
+    table = conn.execute("SELECT to_regclass('core.schema_migrations')").fetchone()
+    done: dict[str, str] = {}
+    if table and table[0]:
+        done = dict(conn.execute("SELECT version, checksum FROM core.schema_migrations"))
+    return [m.path.name for m in migrations(directory) if done.get(m.version) != m.checksum]
+
+
+def upgrade(conn: psycopg.Connection, directory: Path = SQL_DIR) -> list[str]:
+    """Apply the numbered SQL files not yet applied, each in its own transaction.
+
+    Files are idempotent, and the runner records each one's checksum: an applied file that
+    changed is an error, not a silent re-run. Files whose name ends in `_always` (views and
+    grants) are re-applied whenever their text changes. Returns the names applied.
+    """
+    applied: list[str] = []
+    conn.autocommit = True
+    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS core")
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS core.schema_migrations (
+                   version    text PRIMARY KEY,
+                   name       text NOT NULL,
+                   checksum   text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = dict(conn.execute("SELECT version, checksum FROM core.schema_migrations").fetchall())
+        for migration in migrations(directory):
+            previous = done.get(migration.version)
+            if previous == migration.checksum:
+                continue
+            if previous is not None and not migration.name.endswith("_always"):
+                raise MigrationChanged(
+                    f"sql/{migration.path.name} was changed after it was applied; "
+                    "put the change in a new numbered file"
+                )
+            with conn.transaction():
+                conn.execute(migration.text)
+                conn.execute(
+                    """INSERT INTO core.schema_migrations (version, name, checksum)
+                       VALUES (%s, %s, %s)
+                       ON CONFLICT (version) DO UPDATE
+                       SET name = excluded.name, checksum = excluded.checksum,
+                           applied_at = now()""",
+                    (migration.version, migration.name, migration.checksum),
+                )
+            applied.append(migration.path.name)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        conn.autocommit = False
+    return applied

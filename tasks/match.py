@@ -1,0 +1,382 @@
+"""Match a validated file's rows to the district's active students, and work out the changes.
+
+The district's students and their current values are fetched once (one COPY) and matched in
+polars: a million-row file is matched in a fraction of a second, and only the rows that
+change anything are sent back to the database. The caller holds the district's lock, so the
+values read here are still the stored ones when the changes are written.
+
+Rules (csv-contract.md, Matching and Duplicates):
+- SSID first when the row has one, else email (ignoring case); never across districts.
+- SSID found, email present and pointing to a different student: `identifier_conflict`.
+- SSID found, email present, differs from the student's and belongs to no one: `email_mismatch`.
+- No student found (or an email shared by several students): `no_matching_student`.
+- Two rows matched to the same student: identical values -> `duplicate_row` on the later;
+  different values -> `conflicting_duplicate` on all of them.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from schemas.columns import FLAG_COLUMNS
+from schemas.issues import Code, Severity
+from schemas.report import ISSUE_SCHEMA, MAX_VALUE_CHARS
+from tasks.read import ROW
+
+VALUE_COLUMNS = (
+    "gender",
+    "ethnicity",
+    "race",
+    "english_learner",
+    "migrant",
+    "gifted_learner",
+    "special_ed",
+    "sed",
+    "homeless",
+    "foster",
+)
+STUDENT_ID = "student_id"
+MAX_ROWS_LISTED = 10
+
+
+def fetch_students(conn: psycopg.Connection, district_id: int) -> pl.DataFrame:
+    """The district's active students with their stored values (flags as Y/N), in one COPY."""
+    flag = "CASE WHEN d.{0} THEN 'Y' WHEN NOT d.{0} THEN 'N' END"
+    values = ", ".join(flag.format(c) if c in FLAG_COLUMNS else f"d.{c}" for c in VALUE_COLUMNS)
+    query = sql.SQL(
+        "COPY (SELECT s.student_id, s.ssid, s.email, d.student_id IS NOT NULL, "
+        + values
+        + " FROM core.students s LEFT JOIN core.student_demographics d USING (student_id)"
+        " WHERE s.district_id = {} AND s.active) TO STDOUT (FORMAT csv)"
+    ).format(sql.Literal(district_id))
+    buffer = io.BytesIO()
+    with conn.cursor() as cur, cur.copy(query) as copy:
+        for chunk in copy:
+            buffer.write(chunk)
+    schema = {
+        STUDENT_ID: pl.Int64,
+        "ssid": pl.String,
+        "email": pl.String,
+        "has_row": pl.Boolean,
+        **{f"old_{c}": pl.String for c in VALUE_COLUMNS},
+    }
+    if buffer.tell() == 0:
+        return pl.DataFrame(schema=schema)
+    buffer.seek(0)
+    frame = pl.read_csv(
+        buffer,
+        has_header=False,
+        new_columns=list(schema),
+        schema_overrides={k: (pl.String if v == pl.Boolean else v) for k, v in schema.items()},
+        infer_schema=False,
+    )
+    return frame.with_columns(
+        pl.col(STUDENT_ID).cast(pl.Int64),
+        (pl.col("has_row") == "t").alias("has_row"),
+    )
+
+
+@dataclass
+class Matched:
+    """The outcome of matching and diffing one file against the roster."""
+
+    issues: pl.DataFrame  # issues found by matching, in the report's issue schema
+    matched: int  # students the file would apply to (one per student)
+    unmatched: int  # rows with no_matching_student
+    updated: int  # students whose stored values change
+    overwriting: int  # students with a stored (non-empty) value that changes
+    on_record: int  # active students with any value on record
+    values_changed: int
+    delta: pl.DataFrame  # student_id, has_row, the 10 final values: only students that change
+    history: pl.DataFrame  # student_id, field, old_value, new_value: one row per change
+
+    @property
+    def unchanged(self) -> int:
+        return self.matched - self.updated
+
+
+def _issues(
+    frame: pl.DataFrame, code: Code, message: pl.Expr, value: pl.Expr | None = None
+) -> pl.DataFrame:
+    return frame.select(
+        pl.col(ROW).cast(pl.Int64).alias("row"),
+        pl.lit(None, dtype=pl.String).alias("column"),
+        pl.lit(code.severity.value).alias("severity"),
+        pl.lit(code.value).alias("code"),
+        message.alias("message"),
+        (value if value is not None else pl.lit(None, dtype=pl.String))
+        .str.slice(0, MAX_VALUE_CHARS)
+        .alias("value"),
+    )
+
+
+def match_file(
+    normalized: pl.DataFrame, report_issues: pl.DataFrame, students: pl.DataFrame
+) -> Matched:
+    """Match every complete row, judge duplicates per student, and diff the rows to apply."""
+    columns = [c for c in VALUE_COLUMNS if c in normalized.columns]
+    bad = report_issues.filter(pl.col("severity") == Severity.ERROR.value)
+    bad_ssid = bad.filter(pl.col("column") == "SSID")["row"].cast(pl.UInt32)
+    bad_email = bad.filter(pl.col("column") == "email")["row"].cast(pl.UInt32)
+    has_ssid = "SSID" in normalized.columns
+    has_email = "email" in normalized.columns
+    rows = normalized.select(
+        ROW,
+        (pl.col("SSID") if has_ssid else pl.lit(None, dtype=pl.String)).alias("_ssid"),
+        (pl.col("email") if has_email else pl.lit(None, dtype=pl.String)).alias("_email"),
+        *columns,
+    ).with_columns(
+        pl.when(~pl.col(ROW).is_in(bad_ssid.implode()))
+        .then(pl.col("_ssid").cast(pl.UInt64, strict=False))
+        .alias("_ssid_key"),
+        pl.when(~pl.col(ROW).is_in(bad_email.implode()))
+        .then(pl.col("_email").str.to_lowercase())
+        .alias("_email_key"),
+    )
+
+    roster = students.select(
+        STUDENT_ID,
+        pl.when(pl.col("ssid").str.contains(r"^[0-9]{10}$"))
+        .then(pl.col("ssid").cast(pl.UInt64, strict=False))
+        .alias("_ssid_key"),
+        pl.col("email").str.to_lowercase().alias("_stored_email"),
+    )
+    by_ssid = roster.drop_nulls("_ssid_key").unique("_ssid_key", keep="none")
+    by_email = (
+        roster.drop_nulls("_stored_email")
+        .group_by("_stored_email")
+        .agg(pl.col(STUDENT_ID).first().alias("_email_student"), pl.len().alias("_email_count"))
+        .rename({"_stored_email": "_email_key"})
+    )
+    joined = (
+        rows.join(by_ssid.rename({STUDENT_ID: "_ssid_student"}), on="_ssid_key", how="left")
+        .join(by_email, on="_email_key", how="left")
+        .with_columns(pl.col("_email_count").fill_null(0))
+    )
+    ssid_used = pl.col("_ssid").is_not_null()
+    ssid_ok = pl.col("_ssid_key").is_not_null()
+    email_ok = pl.col("_email_key").is_not_null()
+    found_by_ssid = ssid_ok & pl.col("_ssid_student").is_not_null()
+    email_differs = email_ok & (pl.col("_email_key") != pl.col("_stored_email")).fill_null(True)
+    conflict = found_by_ssid & email_differs & (pl.col("_email_count") > 0)
+    mismatch = found_by_ssid & email_differs & (pl.col("_email_count") == 0)
+    no_ssid_match = ssid_used & ssid_ok & pl.col("_ssid_student").is_null()
+    no_email_match = ~ssid_used & email_ok & (pl.col("_email_count") != 1)
+    joined = joined.join(
+        roster.select(STUDENT_ID, "_stored_email").rename({STUDENT_ID: "_ssid_student"}),
+        on="_ssid_student",
+        how="left",
+    ).with_columns(
+        pl.when(found_by_ssid)
+        .then(pl.col("_ssid_student"))
+        .when(~ssid_used & email_ok & (pl.col("_email_count") == 1))
+        .then(pl.col("_email_student"))
+        .alias(STUDENT_ID),
+        conflict.alias("_conflict"),
+        mismatch.alias("_mismatch"),
+        (no_ssid_match | no_email_match).alias("_unmatched"),
+    )
+
+    found: list[pl.DataFrame] = [pl.DataFrame(schema=ISSUE_SCHEMA)]
+    found.append(
+        _issues(
+            joined.filter("_conflict"),
+            Code.IDENTIFIER_CONFLICT,
+            pl.lit(
+                "the SSID and the email belong to two different students; check which one is "
+                "right, correct the other, and upload the row again"
+            ),
+            pl.col("_email"),
+        )
+    )
+    found.append(
+        _issues(
+            joined.filter("_mismatch"),
+            Code.EMAIL_MISMATCH,
+            pl.lit(
+                "the email differs from the one on record for the student with this SSID; the "
+                "row is applied by SSID and the email on record is not changed"
+            ),
+            pl.col("_email"),
+        )
+    )
+    unmatched = joined.filter("_unmatched")
+    found.append(
+        _issues(
+            unmatched,
+            Code.NO_MATCHING_STUDENT,
+            pl.when(ssid_used & (pl.col("_email_count") > 0))
+            .then(
+                pl.lit(
+                    "no active student of the district has this SSID (the email belongs to a "
+                    "student with a different SSID on record: check the SSID); the row is "
+                    "skipped"
+                )
+            )
+            .when(ssid_used)
+            .then(
+                pl.lit(
+                    "no active student of the district has this SSID; the row is skipped (a "
+                    "student new to the district appears once the roster is loaded)"
+                )
+            )
+            .when(pl.col("_email_count") > 1)
+            .then(
+                pl.format(
+                    "{} active students share this email, so it cannot tell which one is meant; "
+                    "add the SSID; the row is skipped",
+                    pl.col("_email_count"),
+                )
+            )
+            .otherwise(
+                pl.lit("no active student of the district has this email; the row is skipped")
+            ),
+            pl.when(ssid_used).then(pl.col("_ssid")).otherwise(pl.col("_email")),
+        )
+    )
+
+    # Duplicates are judged on the student each row matched, over the values it would apply.
+    matched_rows = joined.filter(pl.col(STUDENT_ID).is_not_null() & ~pl.col("_conflict"))
+    duplicate_issues, later_copies = _duplicates(matched_rows, columns)
+    found.append(duplicate_issues)
+    issues = pl.concat(found)
+
+    errors = pl.concat(
+        [
+            report_issues.filter(pl.col("severity") == Severity.ERROR.value)["row"],
+            issues.filter(pl.col("severity") == Severity.ERROR.value)["row"],
+        ]
+    ).drop_nulls()
+    apply = matched_rows.filter(
+        ~pl.col(ROW).is_in(errors.cast(pl.UInt32).implode())
+        & ~pl.col(ROW).is_in(later_copies.implode())
+    ).select(STUDENT_ID, *columns)
+    result = _diff(apply, students, columns)
+    result.issues = issues
+    result.unmatched = unmatched.height
+    return result
+
+
+def _duplicates(matched_rows: pl.DataFrame, columns: list[str]) -> tuple[pl.DataFrame, pl.Series]:
+    repeated_students = matched_rows.filter(pl.col(STUDENT_ID).is_duplicated())
+    if repeated_students.height == 0:
+        return pl.DataFrame(schema=ISSUE_SCHEMA), pl.Series(ROW, [], dtype=pl.UInt32)
+    signature = (
+        pl.concat_str([pl.col(c).fill_null("\x00") for c in columns], separator="\x1f")
+        if columns
+        else pl.lit("")
+    )
+    groups = repeated_students.with_columns(signature.alias("_sig")).with_columns(
+        pl.col("_sig").n_unique().over(STUDENT_ID).alias("_variants"),
+        pl.col(ROW).min().over(STUDENT_ID).alias("_first"),
+        pl.col(ROW)
+        .sort()
+        .head(MAX_ROWS_LISTED)
+        .cast(pl.String)
+        .str.join(", ")
+        .over(STUDENT_ID)
+        .alias("_rows"),
+        pl.len().over(STUDENT_ID).alias("_count"),
+    )
+    repeated = groups.filter((pl.col("_variants") == 1) & (pl.col(ROW) != pl.col("_first")))
+    conflicting = groups.filter(pl.col("_variants") > 1)
+    more = pl.when(pl.col("_count") > MAX_ROWS_LISTED).then(pl.lit(", ...")).otherwise(pl.lit(""))
+    issues = pl.concat(
+        [
+            _issues(
+                repeated,
+                Code.DUPLICATE_ROW,
+                pl.format(
+                    "the same student (matched by the roster) with the same values as row {}; "
+                    "this copy is ignored",
+                    pl.col("_first"),
+                ),
+            ),
+            _issues(
+                conflicting,
+                Code.CONFLICTING_DUPLICATE,
+                pl.format(
+                    "rows {}{} match the same student with different values; none of these "
+                    "rows is applied until they agree or all but one are removed",
+                    pl.col("_rows"),
+                    more,
+                ),
+            ),
+        ]
+    )
+    return issues, repeated[ROW]
+
+
+def _diff(apply: pl.DataFrame, students: pl.DataFrame, columns: list[str]) -> Matched:
+    """Compare the rows to apply with the stored values: only differing values are written."""
+    current = students.select(STUDENT_ID, "has_row", *(f"old_{c}" for c in VALUE_COLUMNS))
+    on_record = int(
+        students.select(
+            pl.any_horizontal(pl.col(f"old_{c}").is_not_null() for c in VALUE_COLUMNS).sum()
+        ).item()
+        or 0
+    )
+    frame = apply.join(current, on=STUDENT_ID, how="inner")
+    changed = {
+        c: pl.col(c).is_not_null() & (pl.col(c) != pl.col(f"old_{c}")).fill_null(True)
+        for c in columns
+    }
+    if not columns:
+        frame = frame.with_columns(
+            pl.lit(False).alias("_changes"), pl.lit(False).alias("_overwrites")
+        )
+    else:
+        frame = frame.with_columns(
+            *(expr.alias(f"_changed_{c}") for c, expr in changed.items()),
+        ).with_columns(
+            pl.any_horizontal(f"_changed_{c}" for c in columns).alias("_changes"),
+            pl.any_horizontal(
+                pl.col(f"_changed_{c}") & pl.col(f"old_{c}").is_not_null() for c in columns
+            ).alias("_overwrites"),
+        )
+    changing = frame.filter("_changes")
+    delta = changing.select(
+        STUDENT_ID,
+        "has_row",
+        *(
+            (pl.coalesce(c, f"old_{c}") if c in columns else pl.col(f"old_{c}")).alias(c)
+            for c in VALUE_COLUMNS
+        ),
+    )
+    history = pl.concat(
+        [
+            changing.filter(f"_changed_{c}").select(
+                STUDENT_ID,
+                pl.lit(c).alias("field"),
+                pl.col(f"old_{c}").alias("old_value"),
+                pl.col(c).alias("new_value"),
+            )
+            for c in columns
+        ]
+        or [
+            pl.DataFrame(
+                schema={
+                    STUDENT_ID: pl.Int64,
+                    "field": pl.String,
+                    "old_value": pl.String,
+                    "new_value": pl.String,
+                }
+            )
+        ]
+    )
+    return Matched(
+        issues=pl.DataFrame(schema=ISSUE_SCHEMA),
+        matched=frame.height,
+        unmatched=0,
+        updated=changing.height,
+        overwriting=int(frame["_overwrites"].sum()),
+        on_record=on_record,
+        values_changed=history.height,
+        delta=delta,
+        history=history,
+    )

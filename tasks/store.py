@@ -1,0 +1,174 @@
+"""The district as the store knows it: settings, the per-district lock, and run records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors
+
+LOCK_CLASS = 0x53594E43  # "SYNC": first key of the per-district advisory lock
+
+
+class UnknownDistrict(Exception):
+    """No district with that code; the message is safe to print."""
+
+
+class DistrictBusy(Exception):
+    """Another sync, undo or roster load of the same district holds its lock."""
+
+
+@dataclass(frozen=True)
+class District:
+    district_id: int
+    code: str
+    name: str
+    error_limit: float
+    hold_limit: float
+    gender_codes: tuple[str, ...]
+    recipients: tuple[str, ...]
+
+
+def get_district(conn: psycopg.Connection, code: str) -> District:
+    row = conn.execute(
+        """SELECT d.district_id, d.code, d.name, s.error_limit, s.hold_limit, s.gender_codes,
+                  s.notification_recipients
+           FROM core.districts d JOIN core.district_settings s USING (district_id)
+           WHERE d.code = %s AND d.active""",
+        (code,),
+    ).fetchone()
+    if row is None:
+        raise UnknownDistrict(
+            f"district {code} is not in the database; load its roster first "
+            f"(demographics roster load DIR --district {code})"
+        )
+    return District(
+        district_id=row[0],
+        code=row[1],
+        name=row[2],
+        error_limit=float(row[3]),
+        hold_limit=float(row[4]),
+        gender_codes=tuple(row[5]),
+        recipients=tuple(row[6]),
+    )
+
+
+def lock_district(cur: psycopg.Cursor, district_id: int, code: str, wait_seconds: float) -> None:
+    """Take the district's transaction lock: syncs, undos and roster loads never interleave.
+
+    The lock is released when the transaction ends (commit, rollback or a dropped connection).
+    Waits up to `wait_seconds`, then refuses with a clear message.
+    """
+    key = (LOCK_CLASS, district_id)
+    busy = DistrictBusy(
+        f"another sync, undo or roster load of district {code} is running; "
+        "try again when it has finished"
+    )
+    if wait_seconds <= 0:
+        row = cur.execute("SELECT pg_try_advisory_xact_lock(%s, %s::int)", key).fetchone()
+        if not row or not row[0]:
+            raise busy
+        return
+    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(wait_seconds * 1000)}ms",))
+    try:
+        with cur.connection.transaction():  # a savepoint: a timeout must not poison the caller
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s::int)", key)
+    except errors.LockNotAvailable:
+        raise busy from None
+    finally:
+        cur.execute("SELECT set_config('lock_timeout', '0', true)")
+
+
+RUN_COLUMNS = (
+    "district_id",
+    "kind",
+    "status",
+    "file_name",
+    "file_sha256",
+    "file_bytes",
+    "requested_by",
+    "started_at",
+    "rows",
+    "valid_rows",
+    "error_rows",
+    "errors",
+    "warnings",
+    "matched",
+    "updated",
+    "unchanged",
+    "unmatched",
+    "values_changed",
+    "approves_run_id",
+    "same_as_run_id",
+    "undoes_run_id",
+    "message",
+)
+
+
+def insert_run(cur: psycopg.Cursor, **values: Any) -> int:
+    """Record a run; returns its id. Only the known columns are accepted."""
+    unknown = set(values) - set(RUN_COLUMNS)
+    if unknown:
+        raise TypeError(f"unknown run fields: {sorted(unknown)}")
+    names = list(values)
+    row = cur.execute(
+        f"INSERT INTO core.sync_runs ({', '.join(names)}) "
+        f"VALUES ({', '.join(['%s'] * len(names))}) RETURNING run_id",
+        [values[n] for n in names],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def update_run(cur: psycopg.Cursor, run_id: int, **values: Any) -> None:
+    unknown = set(values) - set(RUN_COLUMNS)
+    if unknown:
+        raise TypeError(f"unknown run fields: {sorted(unknown)}")
+    assignments = ", ".join(f"{n} = %s" for n in values)
+    cur.execute(
+        f"UPDATE core.sync_runs SET {assignments}, finished_at = clock_timestamp() "
+        "WHERE run_id = %s",
+        [*values.values(), run_id],
+    )
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: int
+    district: str
+    kind: str
+    status: str
+    file_name: str | None
+    file_sha256: str | None
+    requested_by: str
+    started_at: datetime
+    finished_at: datetime
+    rows: int | None
+    matched: int | None
+    updated: int | None
+    unchanged: int | None
+    unmatched: int | None
+    values_changed: int | None
+    resolution: str | None
+    resolved_by: str | None
+    undone_by: int | None
+    message: str | None
+
+
+def list_runs(
+    conn: psycopg.Connection, district: str | None = None, limit: int = 50
+) -> list[RunRow]:
+    rows = conn.execute(
+        """SELECT r.run_id, d.code, r.kind, r.status, r.file_name, r.file_sha256,
+                  r.requested_by, r.started_at, r.finished_at, r.rows, r.matched, r.updated,
+                  r.unchanged, r.unmatched, r.values_changed, r.resolution, r.resolved_by,
+                  r.undone_by,
+                  r.message
+           FROM core.sync_runs r JOIN core.districts d USING (district_id)
+           WHERE %(d)s::text IS NULL OR d.code = %(d)s
+           ORDER BY r.run_id DESC LIMIT %(n)s""",
+        {"d": district, "n": limit},
+    ).fetchall()
+    return [RunRow(*row) for row in rows]

@@ -1,0 +1,405 @@
+"""Preview or sync one demographics file for one district: the write path as one unit.
+
+Everything a sync decides (matching, duplicates, safeguards) and writes (values, history, the
+run record) happens in one transaction under the district's lock, so two syncs of a district
+never interleave and a failure leaves the database exactly as it was. A preview runs the same
+steps in a read-only transaction and writes nothing, not even a run record.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Literal
+
+import polars as pl
+import psycopg
+
+from schemas.issues import Code
+from schemas.report import ISSUE_SCHEMA, Report, SyncBlock
+from tasks import store
+from tasks.apply import apply_changes
+from tasks.db import connect, describe_error
+from tasks.match import Matched, fetch_students, match_file
+from tasks.validate import validate_bytes, with_issues
+
+Mode = Literal["preview", "sync"]
+
+
+@dataclass
+class SyncOutcome:
+    """The report (with its `sync` block) and what a person should be told in one sentence."""
+
+    report: Report
+    message: str
+    run_id: int | None = None
+    same_as_run_id: int | None = None
+    values_changed: int = 0
+
+    @property
+    def status(self) -> str:
+        assert self.report.sync is not None
+        return self.report.sync.status
+
+
+def default_requester() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _file_issue(code: Code, message: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        [
+            {
+                "row": None,
+                "column": None,
+                "severity": code.severity.value,
+                "code": code.value,
+                "message": message,
+                "value": None,
+            }
+        ],
+        schema=ISSUE_SCHEMA,
+    )
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.1f}".rstrip("0").rstrip(".") + " %"
+
+
+def run_file(
+    url: str,
+    district_code: str,
+    data: bytes,
+    file_name: str,
+    mode: Mode = "sync",
+    approve: bool = False,
+    requested_by: str | None = None,
+    lock_wait_seconds: float = 60.0,
+) -> SyncOutcome:
+    """Preview or sync `data` (a file's bytes) for a district. Raises only for a district that
+    does not exist, a district busy beyond the wait, or a database that cannot be reached;
+    a failure while applying is recorded as a `failed` run and returned as such."""
+    requested_by = requested_by or default_requester()
+    started_at = datetime.now(UTC)
+    with connect(url, autocommit=True) as conn:
+        district = store.get_district(conn, district_code)
+        validation = validate_bytes(
+            data,
+            file_name,
+            gender_codes=district.gender_codes,
+            district=district.code,
+            judge_duplicates=False,
+        )
+        report = validation.report
+        if report.stopped or validation.normalized is None:
+            outcome = SyncOutcome(
+                _with_block(report, None, "preview" if mode == "preview" else "rejected"),
+                "the file has a file-level error and was not applied; fix it and upload it again",
+            )
+            if mode == "sync":
+                outcome.run_id = _record_alone(conn, district, outcome, started_at, requested_by)
+                outcome.report = _with_block(outcome.report, outcome.run_id, "rejected")
+            return outcome
+        try:
+            return _decide_and_apply(
+                conn,
+                district,
+                report,
+                validation.normalized,
+                mode,
+                approve,
+                requested_by,
+                started_at,
+                lock_wait_seconds,
+            )
+        except (store.DistrictBusy, store.UnknownDistrict):
+            raise
+        except _Failure as failure:
+            cause = failure.__cause__ or failure
+            return _failed(url, district, report, cause, started_at, requested_by)
+        except psycopg.Error as exc:
+            if mode == "preview":
+                raise
+            return _failed(url, district, report, exc, started_at, requested_by)
+
+
+class _Failure(Exception):
+    """Applying failed; the transaction was rolled back."""
+
+
+def _with_block(
+    report: Report,
+    run_id: int | None,
+    status: str,
+    matched: Matched | None = None,
+    applied: bool = False,
+) -> Report:
+    if matched is None:
+        block = SyncBlock(
+            run_id=None if run_id is None else str(run_id),
+            status=status,  # type: ignore[arg-type]
+            matched=0,
+            updated=0,
+            unchanged=0,
+            unmatched=0,
+        )
+    else:
+        updated = matched.updated if applied or status in ("preview", "held") else 0
+        block = SyncBlock(
+            run_id=None if run_id is None else str(run_id),
+            status=status,  # type: ignore[arg-type]
+            matched=matched.matched,
+            updated=updated,
+            unchanged=matched.matched - updated if status != "rejected" else 0,
+            unmatched=matched.unmatched,
+        )
+    return replace(report, sync=block)
+
+
+def _decide_and_apply(
+    conn: psycopg.Connection,
+    district: store.District,
+    report: Report,
+    normalized: pl.DataFrame,
+    mode: Mode,
+    approve: bool,
+    requested_by: str,
+    started_at: datetime,
+    lock_wait_seconds: float,
+) -> SyncOutcome:
+    sha = report.file.sha256
+    with conn.transaction(), conn.cursor() as cur:
+        if mode == "preview":
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        else:
+            store.lock_district(cur, district.district_id, district.code, lock_wait_seconds)
+        students = fetch_students(conn, district.district_id)
+        matched = match_file(normalized, report.issues, students)
+        report = with_issues(report, [matched.issues])
+        summary = report.summary
+        extra: list[pl.DataFrame] = []
+
+        same_as = None if mode == "preview" else _applied_before(cur, district.district_id, sha)
+        if same_as is not None:
+            outcome = SyncOutcome(
+                _with_block(report, None, "succeeded", matched),
+                f"this file (same SHA-256) was already applied by run {same_as}; nothing "
+                "was changed",
+                same_as_run_id=same_as,
+            )
+            outcome.run_id = _record(cur, district, outcome, started_at, requested_by, matched)
+            outcome.report = _set_run_id(outcome.report, outcome.run_id)
+            return outcome
+
+        share = summary.error_rows / summary.rows if summary.rows else 0.0
+        if share > district.error_limit:
+            extra.append(
+                _file_issue(
+                    Code.TOO_MANY_ERRORS,
+                    f"{summary.error_rows} of {summary.rows} rows ({_percent(share)}) have "
+                    f"errors, more than the district's limit of {_percent(district.error_limit)}"
+                    "; the file is rejected whole and nothing was applied. Fix the errors "
+                    "listed and upload it again",
+                )
+            )
+            report = with_issues(report, extra)
+            status = "preview" if mode == "preview" else "rejected"
+            outcome = SyncOutcome(
+                _with_block(report, None, status, matched),
+                "the file was rejected: too many rows have errors; nothing was applied",
+            )
+            if mode == "sync":
+                outcome.run_id = _record(cur, district, outcome, started_at, requested_by, matched)
+                outcome.report = _set_run_id(outcome.report, outcome.run_id)
+            return outcome
+
+        hold_share = matched.overwriting / matched.on_record if matched.on_record else 0.0
+        held_runs: list[int] = []
+        if hold_share > district.hold_limit:
+            held_runs = [] if mode == "preview" else _held_runs(cur, district.district_id, sha)
+            if not (approve and held_runs):
+                hint = (
+                    " (--approve applies only to a file that was held before; this is the "
+                    "first time this file is held)"
+                    if approve and mode == "sync"
+                    else ""
+                )
+                extra.append(
+                    _file_issue(
+                        Code.SYNC_HELD,
+                        f"the file would change values on record for {matched.overwriting} of "
+                        f"the {matched.on_record} students with values on record "
+                        f"({_percent(hold_share)}), more than the district's hold limit of "
+                        f"{_percent(district.hold_limit)}; nothing was applied. A data "
+                        "manager reviews this report, then approves the same file (demographics "
+                        "sync FILE --district CODE --approve) or discards it" + hint,
+                    )
+                )
+                report = with_issues(report, extra)
+                status = "preview" if mode == "preview" else "held"
+                outcome = SyncOutcome(
+                    _with_block(report, None, status, matched),
+                    "the sync is held for approval: it would change too many values on record",
+                    values_changed=matched.values_changed,
+                )
+                if mode == "sync":
+                    outcome.run_id = _record(
+                        cur, district, outcome, started_at, requested_by, matched
+                    )
+                    outcome.report = _set_run_id(outcome.report, outcome.run_id)
+                return outcome
+
+        if mode == "preview":
+            return SyncOutcome(
+                _with_block(report, None, "preview", matched),
+                f"preview: a sync would change {matched.values_changed} values for "
+                f"{matched.updated} students; nothing was written",
+                values_changed=matched.values_changed,
+            )
+
+        outcome = SyncOutcome(
+            _with_block(report, None, "succeeded", matched, applied=True),
+            f"applied: {matched.values_changed} values changed for {matched.updated} students"
+            + (f" (approving held run {held_runs[0]})" if held_runs else ""),
+            values_changed=matched.values_changed,
+        )
+        run_id = _record(
+            cur,
+            district,
+            outcome,
+            started_at,
+            requested_by,
+            matched,
+            approves_run_id=held_runs[0] if held_runs else None,
+        )
+        try:
+            apply_changes(cur, run_id, matched.delta, matched.history)
+        except psycopg.Error as exc:
+            raise _Failure() from exc
+        if held_runs:
+            cur.execute(
+                """UPDATE core.sync_runs SET resolution = 'approved', resolved_by = %s,
+                          resolved_at = now()
+                   WHERE run_id = ANY(%s)""",
+                (requested_by, held_runs),
+            )
+        outcome.run_id = run_id
+        outcome.report = _set_run_id(outcome.report, run_id)
+        return outcome
+
+
+def _set_run_id(report: Report, run_id: int | None) -> Report:
+    assert report.sync is not None
+    return replace(
+        report, sync=replace(report.sync, run_id=None if run_id is None else str(run_id))
+    )
+
+
+def _applied_before(cur: psycopg.Cursor, district_id: int, sha: str) -> int | None:
+    row = cur.execute(
+        """SELECT run_id FROM core.sync_runs
+           WHERE district_id = %s AND file_sha256 = %s AND kind = 'sync'
+             AND status = 'succeeded' AND same_as_run_id IS NULL AND undone_by IS NULL
+           ORDER BY run_id DESC LIMIT 1""",
+        (district_id, sha),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _held_runs(cur: psycopg.Cursor, district_id: int, sha: str) -> list[int]:
+    rows = cur.execute(
+        """SELECT run_id FROM core.sync_runs
+           WHERE district_id = %s AND file_sha256 = %s AND status = 'held'
+             AND resolution IS NULL
+           ORDER BY run_id DESC""",
+        (district_id, sha),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _run_values(
+    district: store.District,
+    outcome: SyncOutcome,
+    started_at: datetime,
+    requested_by: str,
+    matched: Matched | None,
+) -> dict[str, object]:
+    report = outcome.report
+    block = report.sync
+    assert block is not None
+    summary = report.summary
+    return {
+        "district_id": district.district_id,
+        "kind": "sync",
+        "status": block.status,
+        "file_name": report.file.name,
+        "file_sha256": report.file.sha256,
+        "file_bytes": report.file.bytes,
+        "requested_by": requested_by,
+        "started_at": started_at,
+        "rows": summary.rows,
+        "valid_rows": summary.valid_rows,
+        "error_rows": summary.error_rows,
+        "errors": summary.errors,
+        "warnings": summary.warnings,
+        "matched": block.matched,
+        "updated": block.updated,
+        "unchanged": block.unchanged,
+        "unmatched": block.unmatched,
+        "values_changed": outcome.values_changed if block.status == "succeeded" else 0,
+        "same_as_run_id": outcome.same_as_run_id,
+        "message": outcome.message,
+    }
+
+
+def _record(
+    cur: psycopg.Cursor,
+    district: store.District,
+    outcome: SyncOutcome,
+    started_at: datetime,
+    requested_by: str,
+    matched: Matched | None,
+    approves_run_id: int | None = None,
+) -> int:
+    values = _run_values(district, outcome, started_at, requested_by, matched)
+    if approves_run_id is not None:
+        values["approves_run_id"] = approves_run_id
+    return store.insert_run(cur, **values)
+
+
+def _record_alone(
+    conn: psycopg.Connection,
+    district: store.District,
+    outcome: SyncOutcome,
+    started_at: datetime,
+    requested_by: str,
+) -> int:
+    with conn.transaction(), conn.cursor() as cur:
+        return _record(cur, district, outcome, started_at, requested_by, None)
+
+
+def _failed(
+    url: str,
+    district: store.District,
+    report: Report,
+    cause: BaseException,
+    started_at: datetime,
+    requested_by: str,
+) -> SyncOutcome:
+    """The transaction rolled back; record the failure on a fresh connection if possible."""
+    outcome = SyncOutcome(
+        _with_block(report, None, "failed"),
+        f"the sync failed and nothing was applied ({describe_error(cause)}); the file can be "
+        "synced again",
+    )
+    try:
+        with connect(url, autocommit=True) as conn:
+            outcome.run_id = _record_alone(conn, district, outcome, started_at, requested_by)
+            outcome.report = _set_run_id(outcome.report, outcome.run_id)
+    except Exception:  # the database is gone: the outcome still says what happened
+        outcome.message += "; the failure could not be recorded either"
+    return outcome

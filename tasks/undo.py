@@ -1,0 +1,149 @@
+"""Undo a sync run: put back the values it changed, as a new run with its own history.
+
+A value that a later run changed again is kept as it is (the later decision stands), and the
+undo says which ones. Undo takes the district's lock like a sync and runs in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from schemas.columns import FLAG_COLUMNS
+from tasks import store
+from tasks.db import connect
+from tasks.match import VALUE_COLUMNS
+
+
+class UndoRefused(Exception):
+    """The run cannot be undone; the message says why and is safe to print."""
+
+
+@dataclass
+class UndoOutcome:
+    run_id: int
+    undone_run_id: int
+    district: str
+    restored: int  # values put back
+    students: int  # students whose values were put back
+    kept: int  # values left alone because a later run changed them
+    kept_examples: list[tuple[str, str, int]] = field(default_factory=list)
+    # (student sourcedId, field, the later run that changed it)
+
+    @property
+    def message(self) -> str:
+        text = (
+            f"undo run {self.run_id}: restored {self.restored} values of run "
+            f"{self.undone_run_id} for {self.students} students"
+        )
+        if self.kept:
+            text += (
+                f"; {self.kept} values were changed again by later runs and were kept as they are"
+            )
+        return text
+
+
+def _restore_expression(column: str) -> str:
+    value = f"u.{column}::boolean" if column in FLAG_COLUMNS else f"u.{column}"
+    return f"{column} = CASE WHEN u.has_{column} THEN {value} ELSE d.{column} END"
+
+
+_PIVOT = ", ".join(
+    f"bool_or(field = '{c}') AS has_{c}, max(old_value) FILTER (WHERE field = '{c}') AS {c}"
+    for c in VALUE_COLUMNS
+)
+_RESTORE = f"""
+UPDATE core.student_demographics d
+SET {", ".join(_restore_expression(c) for c in VALUE_COLUMNS)}, updated_at = now()
+FROM (SELECT student_id, {_PIVOT} FROM undo_changes WHERE later_run IS NULL
+      GROUP BY student_id) u
+WHERE d.student_id = u.student_id"""
+
+
+def undo_run(
+    url: str, run_id: int, requested_by: str, lock_wait_seconds: float = 60.0
+) -> UndoOutcome:
+    started_at = datetime.now(UTC)
+    with connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            """SELECT r.district_id, d.code, r.kind, r.status, r.same_as_run_id, r.undone_by,
+                      r.values_changed
+               FROM core.sync_runs r JOIN core.districts d USING (district_id)
+               WHERE r.run_id = %s""",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            raise UndoRefused(f"there is no run {run_id}")
+        district_id, code, kind, status, same_as, undone_by, changed = row
+        if kind != "sync" or status != "succeeded":
+            raise UndoRefused(
+                f"run {run_id} is a {status} {kind} run; only a succeeded sync can be undone"
+            )
+        if same_as is not None or not changed:
+            raise UndoRefused(f"run {run_id} changed no values; there is nothing to undo")
+        with conn.transaction(), conn.cursor() as cur:
+            store.lock_district(cur, district_id, code, lock_wait_seconds)
+            again = cur.execute(
+                "SELECT undone_by FROM core.sync_runs WHERE run_id = %s", (run_id,)
+            ).fetchone()
+            if undone_by is not None or (again and again[0] is not None):
+                raise UndoRefused(f"run {run_id} was already undone by run {undone_by or again[0]}")
+            undo_id = store.insert_run(
+                cur,
+                district_id=district_id,
+                kind="undo",
+                status="succeeded",
+                requested_by=requested_by,
+                started_at=started_at,
+                undoes_run_id=run_id,
+            )
+            cur.execute(
+                """CREATE TEMP TABLE undo_changes ON COMMIT DROP AS
+                   SELECT c.student_id, c.field, c.old_value, c.new_value,
+                          (SELECT min(l.run_id) FROM core.demographic_changes l
+                           WHERE l.student_id = c.student_id AND l.field = c.field
+                             AND l.run_id > c.run_id) AS later_run
+                   FROM core.demographic_changes c WHERE c.run_id = %s""",
+                (run_id,),
+            )
+            cur.execute(_RESTORE)
+            cur.execute(
+                """INSERT INTO core.demographic_changes
+                       (run_id, student_id, field, old_value, new_value)
+                   SELECT %s, student_id, field, new_value, old_value
+                   FROM undo_changes WHERE later_run IS NULL""",
+                (undo_id,),
+            )
+            counts = cur.execute(
+                """SELECT count(*) FILTER (WHERE later_run IS NULL),
+                          count(DISTINCT student_id) FILTER (WHERE later_run IS NULL),
+                          count(*) FILTER (WHERE later_run IS NOT NULL)
+                   FROM undo_changes"""
+            ).fetchone()
+            assert counts is not None
+            examples = cur.execute(
+                """SELECT s.sourced_id, u.field, u.later_run
+                   FROM undo_changes u JOIN core.students s USING (student_id)
+                   WHERE u.later_run IS NOT NULL
+                   ORDER BY u.later_run, s.sourced_id, u.field LIMIT 20"""
+            ).fetchall()
+            outcome = UndoOutcome(
+                run_id=undo_id,
+                undone_run_id=run_id,
+                district=code,
+                restored=counts[0],
+                students=counts[1],
+                kept=counts[2],
+                kept_examples=[(r[0], r[1], int(r[2])) for r in examples],
+            )
+            store.update_run(
+                cur,
+                undo_id,
+                updated=outcome.students,
+                values_changed=outcome.restored,
+                message=outcome.message,
+            )
+            cur.execute(
+                "UPDATE core.sync_runs SET undone_by = %s WHERE run_id = %s", (undo_id, run_id)
+            )
+    return outcome
