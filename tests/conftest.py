@@ -70,3 +70,118 @@ def cli() -> Callable[..., Any]:
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+# --- the database ------------------------------------------------------------------------
+# A real PostgreSQL: DEMOGRAPHICS_DATABASE_URL when set (a fresh database is created on that
+# server and dropped afterwards), else an embedded server in a temporary folder.
+
+CORE_TABLES = (
+    "core.demographic_changes, core.sync_runs, core.student_demographics, core.enrollments, "
+    "core.classes, core.staff_schools, core.staff, core.students, core.schools, "
+    "core.district_settings, core.districts"
+)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import os
+    import uuid
+    import warnings
+
+    import psycopg
+    from psycopg import sql
+
+    from tasks.db import connect, upgrade
+
+    server = None
+    admin_url = os.environ.get("DEMOGRAPHICS_DATABASE_URL")
+    if not admin_url:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
+        admin_url = server.get_uri()
+    name = f"demographics_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(admin_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**info)
+    with connect(url) as conn:
+        upgrade(conn)
+    yield url
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture
+def db(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """An empty store (schema applied), and the CLI pointed at it."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {CORE_TABLES} RESTART IDENTITY CASCADE")
+    monkeypatch.setenv("DEMOGRAPHICS_DATABASE_URL", database_url)
+    monkeypatch.setenv("DEMOGRAPHICS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DEMOGRAPHICS_LOCK_WAIT_SECONDS", "5")
+    return database_url
+
+
+ROSTER_HEADERS = {
+    "orgs.csv": "sourcedId,status,dateLastModified,name,type,identifier,parentSourcedId",
+    "users.csv": "sourcedId,status,dateLastModified,enabledUser,orgSourcedIds,role,username,"
+    "userIds,givenName,familyName,middleName,identifier,email,sms,phone,agentSourcedIds,grades,"
+    "password",
+    "classes.csv": "sourcedId,status,dateLastModified,title,grades,courseSourcedId,classCode,"
+    "classType,location,schoolSourcedId,termSourcedIds,subjects,subjectCodes,periods",
+    "enrollments.csv": "sourcedId,status,dateLastModified,classSourcedId,schoolSourcedId,"
+    "userSourcedId,role,primary,beginDate,endDate",
+}
+
+
+def write_roster(
+    folder: Path,
+    students: list[tuple[str, str, str]],
+    district: str = "org-d",
+    status: dict[str, str] | None = None,
+) -> Path:
+    """A minimal OneRoster 1.1 roster: one district, one school, one class with one teacher,
+    and the given students as (sourcedId, SSID, email), all enrolled in the class."""
+    status = status or {}
+    folder.mkdir(parents=True, exist_ok=True)
+    school = f"{district}-sch"
+    files = {
+        "orgs.csv": [
+            f"{district},,,District {district},district,{district.upper()},",
+            f"{school},,,School of {district},school,S1,{district}",
+        ],
+        "users.csv": [
+            f"{district}-t1,,,true,{school},teacher,t1,,Tess,Teacher,,T1,t1@example.org,,,,,",
+            *(
+                f"{sid},{status.get(sid, '')},,true,{school},student,{sid},,Given,Family,,"
+                f"{ssid},{email},,,,09,"
+                for sid, ssid, email in students
+            ),
+        ],
+        "classes.csv": [f"{district}-c1,,,Algebra I,09,crs,ALG,scheduled,,{school},t1,,,"],
+        "enrollments.csv": [
+            f"{district}-e-t1,,,{district}-c1,{school},{district}-t1,teacher,true,,",
+            *(
+                f"{district}-e-{sid},,,{district}-c1,{school},{sid},student,false,,"
+                for sid, _ssid, _email in students
+            ),
+        ],
+    }
+    for name, lines in files.items():
+        (folder / name).write_text(
+            ROSTER_HEADERS[name] + "\n" + "".join(line + "\n" for line in lines),
+            encoding="utf-8",
+        )
+    return folder
