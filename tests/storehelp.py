@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from tasks.match import VALUE_COLUMNS
 from tasks.roster import load_roster, read_roster
 from tasks.sync import SyncOutcome, run_file
 
@@ -62,10 +63,7 @@ def values(url: str, code: str) -> dict[str, dict[str, Any]]:
                JOIN core.districts t USING (district_id) WHERE t.code = %s""",
             (code,),
         ).fetchall()
-    names = (
-        "gender ethnicity race english_learner migrant gifted_learner special_ed sed "
-        "homeless foster"
-    ).split()
+    names = list(VALUE_COLUMNS)
     return {r[0]: dict(zip(names, r[1:], strict=True)) for r in rows}
 
 

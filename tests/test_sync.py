@@ -265,7 +265,7 @@ def test_first_upload_is_never_held_but_a_sweeping_change_is(district: str) -> N
     assert {s["gender"] for s in values(district, D).values()} == {"F"}
     held_run = int(out.report.sync.run_id or 0)
 
-    other = sweeping + [line("0000000003", race="White")]  # a different file: not approved
+    other = [*sweeping, line("0000000003", race="White")]  # a different file: not approved
     assert sync(district, D, other, approve=True).status == "held"
 
     out = sync(district, D, sweeping, approve=True)
