@@ -208,6 +208,7 @@ def upgrade(conn: psycopg.Connection, directory: Path = SQL_DIR) -> list[str]:
     grants) are re-applied whenever their text changes. Returns the names applied.
     """
     applied: list[str] = []
+    was_autocommit = conn.autocommit
     conn.autocommit = True
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
@@ -242,5 +243,5 @@ def upgrade(conn: psycopg.Connection, directory: Path = SQL_DIR) -> list[str]:
             applied.append(migration.path.name)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-        conn.autocommit = False
+        conn.autocommit = was_autocommit
     return applied

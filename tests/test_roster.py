@@ -1,0 +1,139 @@
+"""Roster load: a OneRoster 1.1 snapshot per district; bad files get file, row and column."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import write_roster
+from storehelp import STUDENTS, load
+
+from tasks.roster import RosterRefused, load_roster, read_roster
+
+SAMPLE = Path(__file__).resolve().parent.parent / "schemas" / "samples" / "roster"
+
+
+def _active(url: str, table: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {
+            r[0]
+            for r in conn.execute(f"SELECT sourced_id FROM core.{table} WHERE active").fetchall()
+        }
+
+
+def test_the_sample_roster_loads_and_reloading_it_changes_nothing(db: str) -> None:
+    first = load(db, "mv", SAMPLE)
+    counts = {k: (c.active, c.added) for k, c in first.counts.items()}
+    assert counts == {
+        "schools": (2, 2),
+        "students": (200, 200),
+        "staff": (13, 13),
+        "classes": (12, 12),
+        "enrollments": (411, 411),
+    }
+    again = load(db, "mv", SAMPLE)
+    assert all((c.added, c.updated, c.deactivated) == (0, 0, 0) for c in again.counts.values())
+    with psycopg.connect(db) as conn:
+        admins = conn.execute(
+            "SELECT sourced_id, district_wide FROM core.staff WHERE role = 'administrator' "
+            "ORDER BY sourced_id"
+        ).fetchall()
+        school_admins = conn.execute("SELECT count(*) FROM core.staff_schools").fetchone()
+    assert admins == [("adm-01", True), ("adm-02", False), ("adm-03", False)]
+    assert school_admins is not None and school_admins[0] >= 12  # teachers and school admins
+
+
+def test_what_is_gone_from_the_snapshot_becomes_inactive_never_deleted(
+    db: str, tmp_path: Path
+) -> None:
+    load(db, "d", write_roster(tmp_path / "r1", STUDENTS))
+    result = load(
+        db,
+        "d",
+        write_roster(
+            tmp_path / "r2",
+            [*STUDENTS[:2], STUDENTS[2], ("s9", "0000000009", "new@example.org")],
+            status={"s3": "tobedeleted"},
+        ),
+    )
+    students = result.counts["students"]
+    assert (students.added, students.deactivated, students.active) == (1, 1, 3)
+    assert _active(db, "students") == {"s1", "s2", "s9"}
+    assert _active(db, "enrollments") == {
+        "org-d-e-t1",
+        "org-d-e-s1",
+        "org-d-e-s2",
+        "org-d-e-s3",
+        "org-d-e-s9",
+    }
+    with psycopg.connect(db) as conn:
+        total = conn.execute("SELECT count(*) FROM core.students").fetchone()
+    assert total == (5,)  # s3 (tobedeleted) and s4 (gone) are kept, inactive
+    load(db, "d", write_roster(tmp_path / "r3", STUDENTS))
+    assert _active(db, "students") == {"s1", "s2", "s3", "s4"}
+
+
+def test_a_roster_with_errors_loads_nothing_and_says_where(db: str, tmp_path: Path) -> None:
+    folder = write_roster(
+        tmp_path / "bad",
+        [*STUDENTS, ("s5", "0000000001", "dup@example.org"), ("s6", "12345", "short@example.org")],
+    )
+    users = folder / "users.csv"
+    users.write_text(
+        users.read_text().replace("org-d-sch,student,s2,", "org-nowhere,student,s2,")
+        + "s7,,,true,org-d-sch,wizard,s7,,A,B,,0000000007,w@example.org,,,,,\n"
+    )
+    (folder / "classes.csv").write_text(
+        (folder / "classes.csv").read_text() + "c2,,,Orphan,09,crs,X,scheduled,,org-x,t,,,\n"
+    )
+    snapshot = read_roster(folder)
+    found = {(i.file, i.row, i.column, i.code, i.severity) for i in snapshot.issues}
+    assert ("users.csv", 4, "orgSourcedIds", "unknown_reference", "error") in found
+    assert ("users.csv", 3, "identifier", "duplicate_ssid", "error") in found
+    assert ("users.csv", 7, "identifier", "duplicate_ssid", "error") in found
+    assert ("users.csv", 8, "identifier", "invalid_ssid", "warning") in found
+    assert ("users.csv", 9, "role", "invalid_value", "error") in found
+    assert ("classes.csv", 3, "schoolSourcedId", "unknown_reference", "error") in found
+    for issue in snapshot.issues:  # messages say what is wrong without quoting values
+        assert "0000000001" not in issue.message and "org-nowhere" not in issue.message
+    with psycopg.connect(db) as conn:
+        result = load_roster(conn, "d", snapshot)
+    assert not result.loaded
+    assert _active(db, "students") == set()
+
+
+def test_missing_files_and_columns_are_named(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE, tmp_path / "r")
+    (tmp_path / "r" / "classes.csv").unlink()
+    orgs = tmp_path / "r" / "orgs.csv"
+    orgs.write_text(orgs.read_text().replace("sourcedId,", "id,", 1))
+    issues = {(i.file, i.code) for i in read_roster(tmp_path / "r").issues}
+    assert issues == {("classes.csv", "missing_file"), ("orgs.csv", "missing_column")}
+
+
+def test_a_roster_of_another_district_is_refused(db: str, tmp_path: Path) -> None:
+    load(db, "d", write_roster(tmp_path / "a", STUDENTS, district="org-a"))
+    with (
+        psycopg.connect(db) as conn,
+        pytest.raises(RosterRefused, match="belongs to a different district"),
+    ):
+        load_roster(
+            conn, "d", read_roster(write_roster(tmp_path / "b", STUDENTS, district="org-b"))
+        )
+    assert _active(db, "students") == {"s1", "s2", "s3", "s4"}
+
+
+def test_the_cli_loads_a_roster_and_reports_errors(db: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("roster", "load", SAMPLE, "--district", "mv")
+    assert result.exit_code == 0, result.output
+    assert "students          200 active" in result.output
+    bad = write_roster(tmp_path / "bad", [("s1", "0000000001", "a@x.org")])
+    (bad / "enrollments.csv").write_text(
+        (bad / "enrollments.csv").read_text() + "e9,,,nope,org-d-sch,s1,student,false,,\n"
+    )
+    result = cli("roster", "load", bad, "--district", "other")
+    assert result.exit_code == 1
+    assert "NOT loaded" in result.output
+    assert "enrollments.csv row 4, column classSourcedId" in result.output

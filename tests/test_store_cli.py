@@ -1,0 +1,140 @@
+"""The database commands as a data manager runs them: db, preview, sync, runs, undo, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import write_roster
+from storehelp import HEADER, STUDENTS, line, load
+
+from tasks.db import MigrationChanged, migrations, pending, upgrade
+
+D = "d1"
+
+
+@pytest.fixture
+def district(db: str, tmp_path: Path) -> str:
+    load(db, D, write_roster(tmp_path / "roster", STUDENTS))
+    return db
+
+
+def _file(tmp_path: Path, lines: list[str], name: str = "upload.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(HEADER + "\n" + "".join(f"{x}\n" for x in lines), encoding="utf-8")
+    return path
+
+
+def test_sync_json_is_the_contract_report_with_a_sync_block(
+    district: str, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    path = _file(tmp_path, [line("0000000001", gender="F"), line("0999999999", gender="M")])
+    result = cli("sync", path, "--district", D, "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert set(doc) == {"report_version", "district", "file", "summary", "issues", "sync"}
+    assert doc["district"] == D
+    assert set(doc["sync"]) == {"run_id", "status", "matched", "updated", "unchanged", "unmatched"}
+    assert doc["sync"]["status"] == "succeeded" and doc["sync"]["run_id"] == "1"
+    assert (doc["sync"]["matched"], doc["sync"]["updated"], doc["sync"]["unmatched"]) == (1, 1, 1)
+    assert [i["code"] for i in doc["issues"]] == ["no_matching_student"]
+    assert doc["issues"][0]["row"] == 3 and doc["issues"][0]["column"] is None
+
+    preview = json.loads(cli("preview", path, "--district", D, "--format", "json").output)
+    assert preview["sync"]["status"] == "preview" and preview["sync"]["run_id"] is None
+
+    again = cli("sync", path, "--district", D)
+    assert again.exit_code == 0
+    assert "already applied by run 1; nothing was changed" in again.output
+
+
+def test_sync_exit_status_follows_the_contract(district: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    bad = _file(tmp_path, [line("0000000001", gender="Male")], "bad.csv")
+    result = cli("sync", bad, "--district", D)
+    assert result.exit_code == 1
+    assert result.output.startswith("rejected (run 1)")
+    result = cli("sync", bad, "--district", "nowhere")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: district nowhere is not in the database; load its roster first "
+        "(demographics roster load DIR --district nowhere)"
+    )
+    result = cli("sync", tmp_path / "missing.csv", "--district", D)
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_runs_lists_runs_and_undo_restores(district: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    cli("sync", _file(tmp_path, [line("0000000001", gender="F")]), "--district", D)
+    result = cli("undo", "1")
+    assert result.exit_code == 0
+    assert result.output.startswith("undo run 2: restored 1 values of run 1 for 1 students")
+    listing = cli("runs", "--district", D).output.splitlines()
+    assert listing[0].split()[:4] == ["RUN", "DISTRICT", "KIND", "STATUS"]
+    assert listing[1].split()[:4] == ["2", D, "undo", "succeeded"]
+    assert listing[2].split()[:4] == ["1", D, "sync", "succeeded"]
+    assert "undone by run 2" in listing[2]
+    assert cli("runs", "--district", "other").output == "no runs yet\n"
+    again = cli("undo", "1")
+    assert again.exit_code == 2 and "already undone" in again.output
+
+
+def test_db_url_and_upgrade(db: str, cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "url").output.strip() == db
+    result = cli("db", "upgrade")
+    assert result.exit_code == 0 and result.output.strip() == "the schema is up to date"
+
+
+def test_upgrade_applies_new_files_once_and_refuses_an_edited_one(db: str, tmp_path: Path) -> None:
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "001_a.sql").write_text("CREATE TABLE IF NOT EXISTS public.test_a (x int);")
+    with psycopg.connect(db) as conn:
+        conn.execute("DELETE FROM core.schema_migrations")  # a database with nothing applied
+        conn.commit()
+        assert pending(conn, folder) == ["001_a.sql"]
+        conn.commit()
+        assert upgrade(conn, folder) == ["001_a.sql"]
+        assert upgrade(conn, folder) == []
+        (folder / "002_b_always.sql").write_text(
+            "CREATE OR REPLACE VIEW public.test_b AS SELECT 1;"
+        )
+        assert upgrade(conn, folder) == ["002_b_always.sql"]
+        (folder / "002_b_always.sql").write_text(
+            "CREATE OR REPLACE VIEW public.test_b AS SELECT 2;"
+        )
+        assert upgrade(conn, folder) == ["002_b_always.sql"]  # views are re-applied on change
+        (folder / "001_a.sql").write_text("CREATE TABLE IF NOT EXISTS public.test_a (y int);")
+        with pytest.raises(MigrationChanged, match=r"001_a\.sql was changed after it was applied"):
+            upgrade(conn, folder)
+        conn.execute("DROP VIEW public.test_b")
+        conn.execute("DROP TABLE public.test_a")
+        conn.execute("DELETE FROM core.schema_migrations")
+        conn.commit()
+        assert upgrade(conn) == [m.path.name for m in migrations()]  # the real files, again
+
+
+def test_an_unreachable_database_is_one_line_exit_2(cli, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv(
+        "DEMOGRAPHICS_DATABASE_URL", f"postgresql://nobody:secret@/x?host={tmp_path}"
+    )
+    path = _file(tmp_path, [line("0000000001", gender="F")])
+    result = cli("sync", path, "--district", D)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: cannot connect to the database at ")
+    assert "secret" not in result.output and len(result.output.splitlines()) == 1
+
+
+def test_demo_loads_the_roster_syncs_the_sample_and_the_second_sync_changes_nothing(
+    db: str, cli
+) -> None:  # type: ignore[no-untyped-def]
+    first = cli("demo")
+    assert first.exit_code == 0, first.output
+    assert "students          200 active" in first.output
+    assert "2. Sync the sample file" in first.output
+    assert "succeeded (run 1): matched " in first.output
+    second = cli("demo")
+    assert second.exit_code == 0
+    assert "succeeded (run 3): matched" in second.output  # runs 1 and 2 were the first demo
+    assert "updated 0" in second.output.split("2. Sync")[1].split("\n")[1]
