@@ -155,16 +155,18 @@ CREATE TABLE IF NOT EXISTS core.sync_runs (
 );
 CREATE INDEX IF NOT EXISTS sync_runs_district_file ON core.sync_runs (district_id, file_sha256);
 
--- One row per changed value. No foreign keys on purpose: a sync writes hundreds of thousands
--- of rows here in one COPY, and per-row RI triggers would double its cost. Rows are written
--- only by the sync and undo, from students they just matched, in the run's transaction.
+-- One row per changed value. Append-only, and written in bulk (one COPY per sync, hundreds of
+-- thousands of rows), so it carries no foreign keys (per-row RI triggers), no primary key and
+-- no B-tree: each would cost more than the COPY itself. Rows are written only by the sync and
+-- the undo, from students they just matched, in the run's transaction, one per student and
+-- field per run. run_id grows with insertion order, so a BRIN index finds a run's rows (and
+-- the rows of later runs, for undo) at almost no cost to the writes.
 CREATE TABLE IF NOT EXISTS core.demographic_changes (
     run_id     bigint NOT NULL,
     student_id bigint NOT NULL,
     field      text NOT NULL,
     old_value  text,
-    new_value  text,
-    PRIMARY KEY (run_id, student_id, field)
+    new_value  text
 );
-CREATE INDEX IF NOT EXISTS demographic_changes_student
-    ON core.demographic_changes (student_id, field);
+CREATE INDEX IF NOT EXISTS demographic_changes_run
+    ON core.demographic_changes USING brin (run_id);

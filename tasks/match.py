@@ -118,74 +118,93 @@ def _issues(
 def match_file(
     normalized: pl.DataFrame, report_issues: pl.DataFrame, students: pl.DataFrame
 ) -> Matched:
-    """Match every complete row, judge duplicates per student, and diff the rows to apply."""
+    """Match every complete row, judge duplicates per student, and diff the rows to apply.
+
+    Matching works on narrow key frames and the diff one column at a time: a million-row file
+    has ten string columns, and every whole-frame join or filter would copy all of them.
+    """
     columns = [c for c in VALUE_COLUMNS if c in normalized.columns]
     bad = report_issues.filter(pl.col("severity") == Severity.ERROR.value)
     bad_ssid = bad.filter(pl.col("column") == "SSID")["row"].cast(pl.UInt32)
     bad_email = bad.filter(pl.col("column") == "email")["row"].cast(pl.UInt32)
     has_ssid = "SSID" in normalized.columns
     has_email = "email" in normalized.columns
-    rows = normalized.select(
+    keys = normalized.select(
         ROW,
         (pl.col("SSID") if has_ssid else pl.lit(None, dtype=pl.String)).alias("_ssid"),
         (pl.col("email") if has_email else pl.lit(None, dtype=pl.String)).alias("_email"),
-        *columns,
     ).with_columns(
         pl.when(~pl.col(ROW).is_in(bad_ssid.implode()))
         .then(pl.col("_ssid").cast(pl.UInt64, strict=False))
         .alias("_ssid_key"),
-        pl.when(~pl.col(ROW).is_in(bad_email.implode()))
-        .then(pl.col("_email").str.to_lowercase())
-        .alias("_email_key"),
+        (pl.col("_email").is_not_null() & ~pl.col(ROW).is_in(bad_email.implode())).alias(
+            "_email_ok"
+        ),
     )
 
     roster = students.select(
-        STUDENT_ID,
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pos"),
         pl.when(pl.col("ssid").str.contains(r"^[0-9]{10}$"))
         .then(pl.col("ssid").cast(pl.UInt64, strict=False))
         .alias("_ssid_key"),
-        pl.col("email").str.to_lowercase().alias("_stored_email"),
+        pl.col("email").alias("_stored_email"),
     )
     by_ssid = roster.drop_nulls("_ssid_key").unique("_ssid_key", keep="none")
-    by_email = (
-        roster.drop_nulls("_stored_email")
-        .group_by("_stored_email")
-        .agg(pl.col(STUDENT_ID).first().alias("_email_student"), pl.len().alias("_email_count"))
-        .rename({"_stored_email": "_email_key"})
-    )
-    joined = (
-        rows.join(by_ssid.rename({STUDENT_ID: "_ssid_student"}), on="_ssid_key", how="left")
-        .join(by_email, on="_email_key", how="left")
-        .with_columns(pl.col("_email_count").fill_null(0))
+    keys = keys.join(
+        by_ssid.rename({"_pos": "_ssid_pos"}), on="_ssid_key", how="left", maintain_order="left"
     )
     ssid_used = pl.col("_ssid").is_not_null()
-    ssid_ok = pl.col("_ssid_key").is_not_null()
-    email_ok = pl.col("_email_key").is_not_null()
-    found_by_ssid = ssid_ok & pl.col("_ssid_student").is_not_null()
-    email_differs = email_ok & (pl.col("_email_key") != pl.col("_stored_email")).fill_null(True)
-    conflict = found_by_ssid & email_differs & (pl.col("_email_count") > 0)
-    mismatch = found_by_ssid & email_differs & (pl.col("_email_count") == 0)
-    no_ssid_match = ssid_used & ssid_ok & pl.col("_ssid_student").is_null()
-    no_email_match = ~ssid_used & email_ok & (pl.col("_email_count") != 1)
-    joined = joined.join(
-        roster.select(STUDENT_ID, "_stored_email").rename({STUDENT_ID: "_ssid_student"}),
-        on="_ssid_student",
-        how="left",
-    ).with_columns(
+    found_by_ssid = pl.col("_ssid_pos").is_not_null()
+    email_differs = pl.col("_email_ok") & (
+        pl.col("_email").str.to_lowercase() != pl.col("_stored_email").str.to_lowercase()
+    ).fill_null(True)
+    # Only rows matched by email, rows whose email differs from the SSID's student, and rows
+    # whose SSID is unknown (for the message) need the email index: usually a handful, so it
+    # is built for those alone.
+    keys = keys.with_columns(
+        (
+            (~ssid_used & pl.col("_email_ok"))
+            | (found_by_ssid & email_differs)
+            | (pl.col("_ssid_key").is_not_null() & ~found_by_ssid & pl.col("_email_ok"))
+        ).alias("_need")
+    )
+    wanted = keys.filter("_need").select(ROW, pl.col("_email").str.to_lowercase().alias("_key"))
+    if wanted.height:
+        by_email = (
+            roster.select("_pos", pl.col("_stored_email").str.to_lowercase().alias("_key"))
+            .filter(pl.col("_key").is_in(wanted["_key"].implode()))
+            .group_by("_key")
+            .agg(pl.col("_pos").first().alias("_email_pos"), pl.len().alias("_email_count"))
+        )
+        wanted = wanted.join(by_email, on="_key", how="left")
+    else:
+        wanted = wanted.with_columns(
+            pl.lit(None, dtype=pl.UInt32).alias("_email_pos"),
+            pl.lit(None, dtype=pl.UInt32).alias("_email_count"),
+        )
+    keys = keys.join(
+        wanted.select(ROW, "_email_pos", "_email_count"), on=ROW, how="left", maintain_order="left"
+    ).with_columns(pl.col("_email_count").fill_null(0))
+    conflict = found_by_ssid & pl.col("_need") & (pl.col("_email_count") > 0)
+    mismatch = found_by_ssid & pl.col("_need") & (pl.col("_email_count") == 0)
+    unmatched = (ssid_used & pl.col("_ssid_key").is_not_null() & ~found_by_ssid) | (
+        ~ssid_used & pl.col("_email_ok") & (pl.col("_email_count") != 1)
+    )
+    keys = keys.with_columns(
         pl.when(found_by_ssid)
-        .then(pl.col("_ssid_student"))
-        .when(~ssid_used & email_ok & (pl.col("_email_count") == 1))
-        .then(pl.col("_email_student"))
-        .alias(STUDENT_ID),
+        .then(pl.col("_ssid_pos"))
+        .when(~ssid_used & pl.col("_email_ok") & (pl.col("_email_count") == 1))
+        .then(pl.col("_email_pos"))
+        .alias("_pos"),
         conflict.alias("_conflict"),
         mismatch.alias("_mismatch"),
-        (no_ssid_match | no_email_match).alias("_unmatched"),
+        unmatched.alias("_unmatched"),
     )
 
     found: list[pl.DataFrame] = [pl.DataFrame(schema=ISSUE_SCHEMA)]
     found.append(
         _issues(
-            joined.filter("_conflict"),
+            keys.filter("_conflict"),
             Code.IDENTIFIER_CONFLICT,
             pl.lit(
                 "the SSID and the email belong to two different students; check which one is "
@@ -196,7 +215,7 @@ def match_file(
     )
     found.append(
         _issues(
-            joined.filter("_mismatch"),
+            keys.filter("_mismatch"),
             Code.EMAIL_MISMATCH,
             pl.lit(
                 "the email differs from the one on record for the student with this SSID; the "
@@ -205,10 +224,10 @@ def match_file(
             pl.col("_email"),
         )
     )
-    unmatched = joined.filter("_unmatched")
+    no_match = keys.filter("_unmatched")
     found.append(
         _issues(
-            unmatched,
+            no_match,
             Code.NO_MATCHING_STUDENT,
             pl.when(ssid_used & (pl.col("_email_count") > 0))
             .then(
@@ -241,8 +260,8 @@ def match_file(
     )
 
     # Duplicates are judged on the student each row matched, over the values it would apply.
-    matched_rows = joined.filter(pl.col(STUDENT_ID).is_not_null() & ~pl.col("_conflict"))
-    duplicate_issues, later_copies = _duplicates(matched_rows, columns)
+    matched_mask = keys.select(pl.col("_pos").is_not_null() & ~pl.col("_conflict")).to_series()
+    duplicate_issues, later_copies = _duplicates(normalized, keys, matched_mask, columns)
     found.append(duplicate_issues)
     issues = pl.concat(found)
 
@@ -252,36 +271,48 @@ def match_file(
             issues.filter(pl.col("severity") == Severity.ERROR.value)["row"],
         ]
     ).drop_nulls()
-    apply = matched_rows.filter(
-        ~pl.col(ROW).is_in(errors.cast(pl.UInt32).implode())
-        & ~pl.col(ROW).is_in(later_copies.implode())
-    ).select(STUDENT_ID, *columns)
-    result = _diff(apply, students, columns)
+    apply_mask = (
+        matched_mask
+        & ~keys[ROW].is_in(errors.cast(pl.UInt32).implode())
+        & ~keys[ROW].is_in(later_copies.implode())
+    )
+    result = _diff(normalized, keys["_pos"], apply_mask, students, columns)
     result.issues = issues
-    result.unmatched = unmatched.height
+    result.unmatched = no_match.height
     return result
 
 
-def _duplicates(matched_rows: pl.DataFrame, columns: list[str]) -> tuple[pl.DataFrame, pl.Series]:
-    repeated_students = matched_rows.filter(pl.col(STUDENT_ID).is_duplicated())
-    if repeated_students.height == 0:
-        return pl.DataFrame(schema=ISSUE_SCHEMA), pl.Series(ROW, [], dtype=pl.UInt32)
+def _duplicates(
+    normalized: pl.DataFrame, keys: pl.DataFrame, matched: pl.Series, columns: list[str]
+) -> tuple[pl.DataFrame, pl.Series]:
+    empty = pl.DataFrame(schema=ISSUE_SCHEMA), pl.Series(ROW, [], dtype=pl.UInt32)
+    positions = keys["_pos"].filter(matched)
+    if positions.n_unique() == positions.len():
+        return empty
+    repeated_mask = matched & keys["_pos"].is_in(
+        positions.filter(positions.is_duplicated()).unique().implode()
+    )
     signature = (
         pl.concat_str([pl.col(c).fill_null("\x00") for c in columns], separator="\x1f")
         if columns
         else pl.lit("")
     )
-    groups = repeated_students.with_columns(signature.alias("_sig")).with_columns(
-        pl.col("_sig").n_unique().over(STUDENT_ID).alias("_variants"),
-        pl.col(ROW).min().over(STUDENT_ID).alias("_first"),
-        pl.col(ROW)
-        .sort()
-        .head(MAX_ROWS_LISTED)
-        .cast(pl.String)
-        .str.join(", ")
-        .over(STUDENT_ID)
-        .alias("_rows"),
-        pl.len().over(STUDENT_ID).alias("_count"),
+    groups = (
+        normalized.filter(repeated_mask)
+        .select(ROW, *columns)
+        .with_columns(keys["_pos"].filter(repeated_mask).alias(STUDENT_ID), signature.alias("_sig"))
+        .with_columns(
+            pl.col("_sig").n_unique().over(STUDENT_ID).alias("_variants"),
+            pl.col(ROW).min().over(STUDENT_ID).alias("_first"),
+            pl.col(ROW)
+            .sort()
+            .head(MAX_ROWS_LISTED)
+            .cast(pl.String)
+            .str.join(", ")
+            .over(STUDENT_ID)
+            .alias("_rows"),
+            pl.len().over(STUDENT_ID).alias("_count"),
+        )
     )
     repeated = groups.filter((pl.col("_variants") == 1) & (pl.col(ROW) != pl.col("_first")))
     conflicting = groups.filter(pl.col("_variants") > 1)
@@ -312,71 +343,79 @@ def _duplicates(matched_rows: pl.DataFrame, columns: list[str]) -> tuple[pl.Data
     return issues, repeated[ROW]
 
 
-def _diff(apply: pl.DataFrame, students: pl.DataFrame, columns: list[str]) -> Matched:
-    """Compare the rows to apply with the stored values: only differing values are written."""
-    current = students.select(STUDENT_ID, "has_row", *(f"old_{c}" for c in VALUE_COLUMNS))
+_HISTORY_SCHEMA = {
+    STUDENT_ID: pl.Int64,
+    "field": pl.String,
+    "old_value": pl.String,
+    "new_value": pl.String,
+}
+
+
+def _diff(
+    normalized: pl.DataFrame,
+    positions: pl.Series,
+    apply_mask: pl.Series,
+    students: pl.DataFrame,
+    columns: list[str],
+) -> Matched:
+    """Compare the rows to apply with the stored values, one column at a time.
+
+    `positions` gives, per file row, the matched student's row in `students`. Only values that
+    differ are written; an empty cell never changes anything.
+    """
     on_record = int(
         students.select(
             pl.any_horizontal(pl.col(f"old_{c}").is_not_null() for c in VALUE_COLUMNS).sum()
         ).item()
         or 0
     )
-    frame = apply.join(current, on=STUDENT_ID, how="inner")
-    changed = {
-        c: pl.col(c).is_not_null() & (pl.col(c) != pl.col(f"old_{c}")).fill_null(True)
-        for c in columns
+    rows = apply_mask.arg_true()  # file rows applied (one per student)
+    pos = positions.gather(rows)  # their students
+    changes = pl.Series("changes", [False] * len(rows), dtype=pl.Boolean)
+    overwrites = changes
+    changed: dict[str, pl.Series] = {}
+    for c in columns:
+        new = normalized[c].gather(rows)
+        old = students[f"old_{c}"].gather(pos)
+        mask = new.is_not_null() & (new != old).fill_null(True)
+        changed[c] = mask
+        changes = changes | mask
+        overwrites = overwrites | (mask & old.is_not_null())
+    changing = changes.arg_true()
+    rows_changing, pos_changing = rows.gather(changing), pos.gather(changing)
+    delta_columns = {
+        STUDENT_ID: students[STUDENT_ID].gather(pos_changing),
+        "has_row": students["has_row"].gather(pos_changing),
     }
-    if not columns:
-        frame = frame.with_columns(
-            pl.lit(False).alias("_changes"), pl.lit(False).alias("_overwrites")
-        )
-    else:
-        frame = frame.with_columns(
-            *(expr.alias(f"_changed_{c}") for c, expr in changed.items()),
-        ).with_columns(
-            pl.any_horizontal(f"_changed_{c}" for c in columns).alias("_changes"),
-            pl.any_horizontal(
-                pl.col(f"_changed_{c}") & pl.col(f"old_{c}").is_not_null() for c in columns
-            ).alias("_overwrites"),
-        )
-    changing = frame.filter("_changes")
-    delta = changing.select(
-        STUDENT_ID,
-        "has_row",
-        *(
-            (pl.coalesce(c, f"old_{c}") if c in columns else pl.col(f"old_{c}")).alias(c)
-            for c in VALUE_COLUMNS
-        ),
-    )
-    history = pl.concat(
-        [
-            changing.filter(f"_changed_{c}").select(
-                STUDENT_ID,
-                pl.lit(c).alias("field"),
-                pl.col(f"old_{c}").alias("old_value"),
-                pl.col(c).alias("new_value"),
-            )
-            for c in columns
-        ]
-        or [
+    history: list[pl.DataFrame] = [pl.DataFrame(schema=_HISTORY_SCHEMA)]
+    for c in VALUE_COLUMNS:
+        old = students[f"old_{c}"].gather(pos_changing)
+        if c not in columns:
+            delta_columns[c] = old
+            continue
+        new = normalized[c].gather(rows_changing)
+        mask = changed[c].gather(changing)
+        delta_columns[c] = new.zip_with(mask, old)
+        history.append(
             pl.DataFrame(
-                schema={
-                    STUDENT_ID: pl.Int64,
-                    "field": pl.String,
-                    "old_value": pl.String,
-                    "new_value": pl.String,
-                }
+                {
+                    STUDENT_ID: delta_columns[STUDENT_ID].filter(mask),
+                    "field": pl.Series([c] * int(mask.sum()), dtype=pl.String),
+                    "old_value": old.filter(mask),
+                    "new_value": new.filter(mask),
+                },
+                schema=_HISTORY_SCHEMA,
             )
-        ]
-    )
+        )
+    history_frame = pl.concat(history)
     return Matched(
         issues=pl.DataFrame(schema=ISSUE_SCHEMA),
-        matched=frame.height,
+        matched=len(rows),
         unmatched=0,
-        updated=changing.height,
-        overwriting=int(frame["_overwrites"].sum()),
+        updated=len(changing),
+        overwriting=int(overwrites.sum()),
         on_record=on_record,
-        values_changed=history.height,
-        delta=delta,
-        history=history,
+        values_changed=history_frame.height,
+        delta=pl.DataFrame(delta_columns),
+        history=history_frame,
     )

@@ -9,6 +9,8 @@ steps in a read-only transaction and writes nothing, not even a run record.
 from __future__ import annotations
 
 import getpass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -22,7 +24,7 @@ from tasks import store
 from tasks.apply import apply_changes
 from tasks.db import connect, describe_error
 from tasks.match import Matched, fetch_students, match_file
-from tasks.validate import validate_bytes, with_issues
+from tasks.validate import Validation, validate_bytes, with_issues
 
 Mode = Literal["preview", "sync"]
 
@@ -87,44 +89,34 @@ def run_file(
     started_at = datetime.now(UTC)
     with connect(url, autocommit=True) as conn:
         district = store.get_district(conn, district_code)
-        validation = validate_bytes(
-            data,
-            file_name,
-            gender_codes=district.gender_codes,
-            district=district.code,
-            judge_duplicates=False,
-        )
-        report = validation.report
-        if report.stopped or validation.normalized is None:
-            outcome = SyncOutcome(
-                _with_block(report, None, "preview" if mode == "preview" else "rejected"),
-                "the file has a file-level error and was not applied; fix it and upload it again",
-            )
-            if mode == "sync":
-                outcome.run_id = _record_alone(conn, district, outcome, started_at, requested_by)
-                outcome.report = _with_block(outcome.report, outcome.run_id, "rejected")
-            return outcome
+        validated: list[Validation] = []
+
+        def validate() -> Validation:
+            if not validated:
+                validated.append(
+                    validate_bytes(
+                        data,
+                        file_name,
+                        gender_codes=district.gender_codes,
+                        district=district.code,
+                        judge_duplicates=False,
+                    )
+                )
+            return validated[0]
+
         try:
             return _decide_and_apply(
-                conn,
-                district,
-                report,
-                validation.normalized,
-                mode,
-                approve,
-                requested_by,
-                started_at,
-                lock_wait_seconds,
+                conn, district, validate, mode, approve, requested_by, started_at, lock_wait_seconds
             )
         except (store.DistrictBusy, store.UnknownDistrict):
             raise
         except _Failure as failure:
             cause = failure.__cause__ or failure
-            return _failed(url, district, report, cause, started_at, requested_by)
+            return _failed(url, district, validate().report, cause, started_at, requested_by)
         except psycopg.Error as exc:
             if mode == "preview":
                 raise
-            return _failed(url, district, report, exc, started_at, requested_by)
+            return _failed(url, district, validate().report, exc, started_at, requested_by)
 
 
 class _Failure(Exception):
@@ -163,21 +155,36 @@ def _with_block(
 def _decide_and_apply(
     conn: psycopg.Connection,
     district: store.District,
-    report: Report,
-    normalized: pl.DataFrame,
+    validate: Callable[[], Validation],
     mode: Mode,
     approve: bool,
     requested_by: str,
     started_at: datetime,
     lock_wait_seconds: float,
 ) -> SyncOutcome:
-    sha = report.file.sha256
     with conn.transaction(), conn.cursor() as cur:
         if mode == "preview":
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         else:
             store.lock_district(cur, district.district_id, district.code, lock_wait_seconds)
-        students = fetch_students(conn, district.district_id)
+        # The roster is fetched while the file is validated: the server formats a million
+        # rows while polars checks the file.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fetching = pool.submit(fetch_students, conn, district.district_id)
+            validation = validate()
+            students = fetching.result()
+        report = validation.report
+        if report.stopped or validation.normalized is None:
+            outcome = SyncOutcome(
+                _with_block(report, None, "preview" if mode == "preview" else "rejected"),
+                "the file has a file-level error and was not applied; fix it and upload it again",
+            )
+            if mode == "sync":
+                outcome.run_id = _record(cur, district, outcome, started_at, requested_by, None)
+                outcome.report = _set_run_id(outcome.report, outcome.run_id)
+            return outcome
+        normalized = validation.normalized
+        sha = report.file.sha256
         matched = match_file(normalized, report.issues, students)
         report = with_issues(report, [matched.issues])
         summary = report.summary

@@ -99,12 +99,13 @@ def undo_run(
             )
             cur.execute(
                 """CREATE TEMP TABLE undo_changes ON COMMIT DROP AS
-                   SELECT c.student_id, c.field, c.old_value, c.new_value,
-                          (SELECT min(l.run_id) FROM core.demographic_changes l
-                           WHERE l.student_id = c.student_id AND l.field = c.field
-                             AND l.run_id > c.run_id) AS later_run
-                   FROM core.demographic_changes c WHERE c.run_id = %s""",
-                (run_id,),
+                   SELECT c.student_id, c.field, c.old_value, c.new_value, l.later_run
+                   FROM core.demographic_changes c
+                   LEFT JOIN (SELECT student_id, field, min(run_id) AS later_run
+                              FROM core.demographic_changes WHERE run_id > %(run)s
+                              GROUP BY student_id, field) l USING (student_id, field)
+                   WHERE c.run_id = %(run)s""",
+                {"run": run_id},
             )
             cur.execute(_RESTORE)
             cur.execute(
