@@ -101,8 +101,10 @@ def _prepare_embedded(admin_url: str) -> None:
 
 def stop_embedded(pgdata: Path) -> bool:
     """Stop the embedded server if it runs; True if it was running."""
-    from pgserver._commands import pg_ctl
-    from pgserver.utils import PostmasterInfo
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver._commands import pg_ctl
+        from pgserver.utils import PostmasterInfo
 
     pgdata = pgdata.expanduser().resolve()
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None

@@ -46,6 +46,12 @@ MAX_ROWS_LISTED = 10
 
 def fetch_students(conn: psycopg.Connection, district_id: int) -> pl.DataFrame:
     """The district's active students with their stored values (flags as Y/N), in one COPY."""
+    return parse_students(copy_students(conn, district_id))
+
+
+def copy_students(conn: psycopg.Connection, district_id: int) -> bytes:
+    """The COPY half of `fetch_students`: mostly the server's work, so it can overlap other
+    work in a thread without holding a second copy of anything in polars."""
     flag = "CASE WHEN d.{0} THEN 'Y' WHEN NOT d.{0} THEN 'N' END"
     values = ", ".join(flag.format(c) if c in FLAG_COLUMNS else f"d.{c}" for c in VALUE_COLUMNS)
     query = sql.SQL(
@@ -58,27 +64,29 @@ def fetch_students(conn: psycopg.Connection, district_id: int) -> pl.DataFrame:
     with conn.cursor() as cur, cur.copy(query) as copy:
         for chunk in copy:
             buffer.write(chunk)
-    schema = {
-        STUDENT_ID: pl.Int64,
-        "ssid": pl.String,
-        "email": pl.String,
-        "has_row": pl.Boolean,
-        **{f"old_{c}": pl.String for c in VALUE_COLUMNS},
-    }
-    if buffer.tell() == 0:
-        return pl.DataFrame(schema=schema)
-    buffer.seek(0)
+    return buffer.getvalue()
+
+
+_STUDENT_SCHEMA = {
+    STUDENT_ID: pl.Int64,
+    "ssid": pl.String,
+    "email": pl.String,
+    "has_row": pl.String,
+    **{f"old_{c}": pl.String for c in VALUE_COLUMNS},
+}
+
+
+def parse_students(data: bytes) -> pl.DataFrame:
+    if not data:
+        return pl.DataFrame(schema=_STUDENT_SCHEMA).with_columns(pl.col("has_row") == "t")
     frame = pl.read_csv(
-        buffer,
+        data,
         has_header=False,
-        new_columns=list(schema),
-        schema_overrides={k: (pl.String if v == pl.Boolean else v) for k, v in schema.items()},
+        new_columns=list(_STUDENT_SCHEMA),
+        schema_overrides=_STUDENT_SCHEMA,
         infer_schema=False,
     )
-    return frame.with_columns(
-        pl.col(STUDENT_ID).cast(pl.Int64),
-        (pl.col("has_row") == "t").alias("has_row"),
-    )
+    return frame.with_columns(pl.col("has_row") == "t")
 
 
 @dataclass

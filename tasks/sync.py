@@ -23,7 +23,7 @@ from schemas.report import ISSUE_SCHEMA, Report, SyncBlock
 from tasks import store
 from tasks.apply import apply_changes
 from tasks.db import connect, describe_error
-from tasks.match import Matched, fetch_students, match_file
+from tasks.match import Matched, copy_students, match_file, parse_students
 from tasks.validate import Validation, validate_bytes, with_issues
 
 Mode = Literal["preview", "sync"]
@@ -170,9 +170,9 @@ def _decide_and_apply(
         # The roster is fetched while the file is validated: the server formats a million
         # rows while polars checks the file.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            fetching = pool.submit(fetch_students, conn, district.district_id)
+            fetching = pool.submit(copy_students, conn, district.district_id)
             validation = validate()
-            students = fetching.result()
+            students = parse_students(fetching.result())
         report = validation.report
         if report.stopped or validation.normalized is None:
             outcome = SyncOutcome(
