@@ -414,13 +414,13 @@ def _duplicates(
         .otherwise(pl.lit("e:") + email)
         .alias("_key")
     )
-    value_columns = [c for c in normalized.columns if c != ROW]
-    signature = pl.concat_str(
-        [
-            (pl.col(c).str.to_lowercase() if c == "email" else pl.col(c)).fill_null("\x00")
-            for c in value_columns
-        ],
-        separator="\x1f",
+    # "Identical values" means the values that would be applied, as the sync judges it: the
+    # identifiers only say who the row is about.
+    value_columns = [c for c in normalized.columns if c not in (ROW, *IDENTIFIER_COLUMNS)]
+    signature = (
+        pl.concat_str([pl.col(c).fill_null("\x00") for c in value_columns], separator="\x1f")
+        if value_columns
+        else pl.lit("")
     )
     groups = (
         keyed.filter(pl.col("_key").is_not_null() & pl.col("_key").is_duplicated())

@@ -273,6 +273,16 @@ def test_same_student_by_email_when_no_ssid_ignoring_case() -> None:
     assert [(i["row"], i["code"]) for i in report["issues"]] == [(3, "duplicate_row")]
 
 
+def test_identical_values_means_the_values_applied_not_the_identifiers() -> None:
+    # Same SSID, another email, same values: the same student twice with the same values.
+    content = f"{HEADER}\n{row()}\n{row(email='ava.alt@students.example.org')}\n"
+    report = report_of(content)
+    assert [(i["row"], i["code"]) for i in report["issues"]] == [(3, "duplicate_row")]
+    # A file of identifiers only: every repeat is identical.
+    report = report_of("SSID,email\n0012345678,a@x.org\n0012345678,b@x.org\n")
+    assert [(i["row"], i["code"]) for i in report["issues"]] == [(3, "duplicate_row")]
+
+
 def test_conflicting_duplicate_marks_every_row_and_applies_none() -> None:
     content = (
         f"{HEADER}\n{row()}\n{row(ssid='0012345679', email='b@x.org')}\n{row()}\n"
