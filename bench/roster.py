@@ -29,19 +29,12 @@ from pathlib import Path
 
 import polars as pl
 
-ORGS_HEADER = "sourcedId,status,dateLastModified,name,type,identifier,parentSourcedId"
-USERS_HEADER = (
-    "sourcedId,status,dateLastModified,enabledUser,orgSourcedIds,role,username,userIds,"
-    "givenName,familyName,middleName,identifier,email,sms,phone,agentSourcedIds,grades,password"
-)
-CLASSES_HEADER = (
-    "sourcedId,status,dateLastModified,title,grades,courseSourcedId,classCode,classType,"
-    "location,schoolSourcedId,termSourcedIds,subjects,subjectCodes,periods"
-)
-ENROLLMENTS_HEADER = (
-    "sourcedId,status,dateLastModified,classSourcedId,schoolSourcedId,userSourcedId,role,"
-    "primary,beginDate,endDate"
-)
+from schemas.roster import ONEROSTER_HEADERS
+
+ORGS_HEADER = ONEROSTER_HEADERS["orgs.csv"]
+USERS_HEADER = ONEROSTER_HEADERS["users.csv"]
+CLASSES_HEADER = ONEROSTER_HEADERS["classes.csv"]
+ENROLLMENTS_HEADER = ONEROSTER_HEADERS["enrollments.csv"]
 DEMOGRAPHICS_HEADER = (
     "SSID,email,gender,ethnicity,race,english_learner,migrant,gifted_learner,special_ed,"
     "sed,homeless,foster"

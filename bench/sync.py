@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import psycopg  # noqa: E402
 from roster import write_demographics, write_roster  # noqa: E402
 
+from schemas.columns import DEMOGRAPHIC_COLUMNS  # noqa: E402
 from tasks.db import connect, embedded_url, upgrade  # noqa: E402
 from tasks.roster import load_roster, read_roster  # noqa: E402
 from tasks.sync import run_file  # noqa: E402
@@ -63,9 +64,7 @@ FLOOR_TABLE = """
 CREATE TEMP TABLE floor_rows (ssid text, email text, gender text, ethnicity text, race text,
     english_learner boolean, migrant boolean, gifted_learner boolean, special_ed boolean,
     sed boolean, homeless boolean, foster boolean)"""
-COLUMNS = (
-    "gender ethnicity race english_learner migrant gifted_learner special_ed sed homeless foster"
-).split()
+COLUMNS = DEMOGRAPHIC_COLUMNS
 FLOOR_UPDATE = f"""
 UPDATE core.student_demographics d
 SET {", ".join(f"{c} = coalesce(t.{c}, d.{c})" for c in COLUMNS)}, updated_at = now()

@@ -10,6 +10,24 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+# The full OneRoster 1.1 CSV headers, as a student information system writes them.
+ONEROSTER_HEADERS: dict[str, str] = {
+    "orgs.csv": "sourcedId,status,dateLastModified,name,type,identifier,parentSourcedId",
+    "users.csv": (
+        "sourcedId,status,dateLastModified,enabledUser,orgSourcedIds,role,username,userIds,"
+        "givenName,familyName,middleName,identifier,email,sms,phone,agentSourcedIds,grades,"
+        "password"
+    ),
+    "classes.csv": (
+        "sourcedId,status,dateLastModified,title,grades,courseSourcedId,classCode,classType,"
+        "location,schoolSourcedId,termSourcedIds,subjects,subjectCodes,periods"
+    ),
+    "enrollments.csv": (
+        "sourcedId,status,dateLastModified,classSourcedId,schoolSourcedId,userSourcedId,role,"
+        "primary,beginDate,endDate"
+    ),
+}
+
 ROSTER_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # file: (required columns, optional columns used)
     "orgs.csv": (("sourcedId", "name", "type"), ("status", "identifier", "parentSourcedId")),

@@ -23,25 +23,14 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from schemas.columns import FLAG_COLUMNS
+from schemas.columns import DEMOGRAPHIC_COLUMNS, FLAG_COLUMNS
 from schemas.issues import Code, Severity
-from schemas.report import ISSUE_SCHEMA, MAX_VALUE_CHARS
+from schemas.report import ISSUE_SCHEMA
 from tasks.read import ROW
+from tasks.validate import issue_rows, judge_duplicates
 
-VALUE_COLUMNS = (
-    "gender",
-    "ethnicity",
-    "race",
-    "english_learner",
-    "migrant",
-    "gifted_learner",
-    "special_ed",
-    "sed",
-    "homeless",
-    "foster",
-)
+VALUE_COLUMNS = DEMOGRAPHIC_COLUMNS
 STUDENT_ID = "student_id"
-MAX_ROWS_LISTED = 10
 
 
 def fetch_students(conn: psycopg.Connection, district_id: int) -> pl.DataFrame:
@@ -106,21 +95,6 @@ class Matched:
     @property
     def unchanged(self) -> int:
         return self.matched - self.updated
-
-
-def _issues(
-    frame: pl.DataFrame, code: Code, message: pl.Expr, value: pl.Expr | None = None
-) -> pl.DataFrame:
-    return frame.select(
-        pl.col(ROW).cast(pl.Int64).alias("row"),
-        pl.lit(None, dtype=pl.String).alias("column"),
-        pl.lit(code.severity.value).alias("severity"),
-        pl.lit(code.value).alias("code"),
-        message.alias("message"),
-        (value if value is not None else pl.lit(None, dtype=pl.String))
-        .str.slice(0, MAX_VALUE_CHARS)
-        .alias("value"),
-    )
 
 
 def match_file(
@@ -211,30 +185,30 @@ def match_file(
 
     found: list[pl.DataFrame] = [pl.DataFrame(schema=ISSUE_SCHEMA)]
     found.append(
-        _issues(
+        issue_rows(
             keys.filter("_conflict"),
             Code.IDENTIFIER_CONFLICT,
             pl.lit(
                 "the SSID and the email belong to two different students; check which one is "
                 "right, correct the other, and upload the row again"
             ),
-            pl.col("_email"),
+            value=pl.col("_email"),
         )
     )
     found.append(
-        _issues(
+        issue_rows(
             keys.filter("_mismatch"),
             Code.EMAIL_MISMATCH,
             pl.lit(
                 "the email differs from the one on record for the student with this SSID; the "
                 "row is applied by SSID and the email on record is not changed"
             ),
-            pl.col("_email"),
+            value=pl.col("_email"),
         )
     )
     no_match = keys.filter("_unmatched")
     found.append(
-        _issues(
+        issue_rows(
             no_match,
             Code.NO_MATCHING_STUDENT,
             pl.when(ssid_used & (pl.col("_email_count") > 0))
@@ -263,7 +237,7 @@ def match_file(
             .otherwise(
                 pl.lit("no active student of the district has this email; the row is skipped")
             ),
-            pl.when(ssid_used).then(pl.col("_ssid")).otherwise(pl.col("_email")),
+            value=pl.when(ssid_used).then(pl.col("_ssid")).otherwise(pl.col("_email")),
         )
     )
 
@@ -293,62 +267,18 @@ def match_file(
 def _duplicates(
     normalized: pl.DataFrame, keys: pl.DataFrame, matched: pl.Series, columns: list[str]
 ) -> tuple[pl.DataFrame, pl.Series]:
-    empty = pl.DataFrame(schema=ISSUE_SCHEMA), pl.Series(ROW, [], dtype=pl.UInt32)
     positions = keys["_pos"].filter(matched)
     if positions.n_unique() == positions.len():
-        return empty
-    repeated_mask = matched & keys["_pos"].is_in(
+        return pl.DataFrame(schema=ISSUE_SCHEMA), pl.Series(ROW, [], dtype=pl.UInt32)
+    repeated = matched & keys["_pos"].is_in(
         positions.filter(positions.is_duplicated()).unique().implode()
     )
-    signature = (
-        pl.concat_str([pl.col(c).fill_null("\x00") for c in columns], separator="\x1f")
-        if columns
-        else pl.lit("")
-    )
-    groups = (
-        normalized.filter(repeated_mask)
+    rows = (
+        normalized.filter(repeated)
         .select(ROW, *columns)
-        .with_columns(keys["_pos"].filter(repeated_mask).alias(STUDENT_ID), signature.alias("_sig"))
-        .with_columns(
-            pl.col("_sig").n_unique().over(STUDENT_ID).alias("_variants"),
-            pl.col(ROW).min().over(STUDENT_ID).alias("_first"),
-            pl.col(ROW)
-            .sort()
-            .head(MAX_ROWS_LISTED)
-            .cast(pl.String)
-            .str.join(", ")
-            .over(STUDENT_ID)
-            .alias("_rows"),
-            pl.len().over(STUDENT_ID).alias("_count"),
-        )
+        .with_columns(keys["_pos"].filter(repeated).alias("_student"))
     )
-    repeated = groups.filter((pl.col("_variants") == 1) & (pl.col(ROW) != pl.col("_first")))
-    conflicting = groups.filter(pl.col("_variants") > 1)
-    more = pl.when(pl.col("_count") > MAX_ROWS_LISTED).then(pl.lit(", ...")).otherwise(pl.lit(""))
-    issues = pl.concat(
-        [
-            _issues(
-                repeated,
-                Code.DUPLICATE_ROW,
-                pl.format(
-                    "the same student (matched by the roster) with the same values as row {}; "
-                    "this copy is ignored",
-                    pl.col("_first"),
-                ),
-            ),
-            _issues(
-                conflicting,
-                Code.CONFLICTING_DUPLICATE,
-                pl.format(
-                    "rows {}{} match the same student with different values; none of these "
-                    "rows is applied until they agree or all but one are removed",
-                    pl.col("_rows"),
-                    more,
-                ),
-            ),
-        ]
-    )
-    return issues, repeated[ROW]
+    return judge_duplicates(rows, "_student", "the same student (matched by the roster)")
 
 
 _HISTORY_SCHEMA = {

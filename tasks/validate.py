@@ -18,6 +18,7 @@ from schemas.cells import CODE_BY_COLUMN, cells_model
 from schemas.columns import (
     CASE_NORMALIZED_COLUMNS,
     DEFAULT_GENDER_CODES,
+    DEMOGRAPHIC_COLUMNS,
     FLAG_COLUMNS,
     IDENTIFIER_COLUMNS,
     KNOWN_COLUMNS,
@@ -193,7 +194,7 @@ def _no_identifier_message(header: list[str]) -> str:
     )
 
 
-def _issue_rows(
+def issue_rows(
     frame: pl.DataFrame,
     code: Code,
     message: pl.Expr,
@@ -215,7 +216,7 @@ def _issue_rows(
 
 def _wrong_field_count(frame: pl.DataFrame, width: int) -> pl.DataFrame:
     wrong = frame.filter(pl.col(FIELDS) != width)
-    return _issue_rows(
+    return issue_rows(
         wrong,
         Code.WRONG_FIELD_COUNT,
         pl.format(
@@ -231,7 +232,7 @@ def _missing_identifier(complete: pl.DataFrame, identifiers: list[str]) -> pl.Da
     missing = complete.filter(pl.all_horizontal(pl.col(identifiers).is_null()))
     named = " nor an ".join(identifiers) if len(identifiers) > 1 else f"no {identifiers[0]}"
     prefix = "neither an " if len(identifiers) > 1 else ""
-    return _issue_rows(
+    return issue_rows(
         missing,
         Code.MISSING_IDENTIFIER,
         pl.lit(
@@ -325,7 +326,7 @@ def _cell_issues(
             {ROW: complete[ROW].gather(index), "value": complete[column].gather(index)}
         )
         parts.append(
-            _issue_rows(
+            issue_rows(
                 rows,
                 CODE_BY_COLUMN[str(column)],
                 _cell_messages(str(column), gender_codes),
@@ -348,7 +349,7 @@ def _normalized_value(
             (pl.col("value") != normalized[column]) & normalized[column].is_in(allowed)
         )
         parts.append(
-            _issue_rows(
+            issue_rows(
                 changed,
                 Code.NORMALIZED_VALUE,
                 pl.format(
@@ -414,55 +415,66 @@ def _duplicates(
         .otherwise(pl.lit("e:") + email)
         .alias("_key")
     )
-    # "Identical values" means the values that would be applied, as the sync judges it: the
-    # identifiers only say who the row is about.
-    value_columns = [c for c in normalized.columns if c not in (ROW, *IDENTIFIER_COLUMNS)]
+    return judge_duplicates(
+        keyed.filter(pl.col("_key").is_not_null() & pl.col("_key").is_duplicated()),
+        "_key",
+        "the same student",
+    )[0]
+
+
+def judge_duplicates(
+    repeated_rows: pl.DataFrame, key: str, who: str
+) -> tuple[pl.DataFrame, pl.Series]:
+    """Rows whose `key` (the student) repeats -> duplicate_row / conflicting_duplicate issues,
+    and the row numbers of later identical copies (applied once, so skipped).
+
+    "Identical values" means the demographic values that would be applied, as validate and
+    sync both judge it: the identifiers only say who the row is about.
+    """
+    value_columns = [c for c in DEMOGRAPHIC_COLUMNS if c in repeated_rows.columns]
     signature = (
         pl.concat_str([pl.col(c).fill_null("\x00") for c in value_columns], separator="\x1f")
         if value_columns
         else pl.lit("")
     )
-    groups = (
-        keyed.filter(pl.col("_key").is_not_null() & pl.col("_key").is_duplicated())
-        .with_columns(signature.alias("_sig"))
-        .with_columns(
-            pl.col("_sig").n_unique().over("_key").alias("_variants"),
-            pl.col(ROW).min().over("_key").alias("_first"),
-            pl.col(ROW)
-            .sort()
-            .head(MAX_ROWS_LISTED)
-            .cast(pl.String)
-            .str.join(", ")
-            .over("_key")
-            .alias("_rows"),
-            pl.len().over("_key").alias("_count"),
-        )
+    groups = repeated_rows.with_columns(signature.alias("_sig")).with_columns(
+        pl.col("_sig").n_unique().over(key).alias("_variants"),
+        pl.col(ROW).min().over(key).alias("_first"),
+        pl.col(ROW)
+        .sort()
+        .head(MAX_ROWS_LISTED)
+        .cast(pl.String)
+        .str.join(", ")
+        .over(key)
+        .alias("_rows"),
+        pl.len().over(key).alias("_count"),
     )
     repeated = groups.filter((pl.col("_variants") == 1) & (pl.col(ROW) != pl.col("_first")))
     conflicting = groups.filter(pl.col("_variants") > 1)
     more = pl.when(pl.col("_count") > MAX_ROWS_LISTED).then(pl.lit(", ...")).otherwise(pl.lit(""))
-    return pl.concat(
+    issues = pl.concat(
         [
-            _issue_rows(
+            issue_rows(
                 repeated,
                 Code.DUPLICATE_ROW,
                 pl.format(
-                    "the same student with the same values as row {}; this copy is ignored",
+                    f"{who} with the same values as row {{}}; this copy is ignored",
                     pl.col("_first"),
                 ),
             ),
-            _issue_rows(
+            issue_rows(
                 conflicting,
                 Code.CONFLICTING_DUPLICATE,
                 pl.format(
-                    "the same student appears in rows {}{} with different values; none of "
-                    "these rows is applied until they agree or all but one are removed",
+                    f"{who} appears in rows {{}}{{}} with different values; none of these rows "
+                    "is applied until they agree or all but one are removed",
                     pl.col("_rows"),
                     more,
                 ),
             ),
         ]
     )
+    return issues, repeated[ROW].cast(pl.UInt32)
 
 
 def _finish(

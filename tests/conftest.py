@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from schemas.roster import ONEROSTER_HEADERS
 from tasks.read import read_source
 from tasks.validate import Validation, validate_bytes
 
@@ -134,18 +135,6 @@ def db(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> st
     return database_url
 
 
-ROSTER_HEADERS = {
-    "orgs.csv": "sourcedId,status,dateLastModified,name,type,identifier,parentSourcedId",
-    "users.csv": "sourcedId,status,dateLastModified,enabledUser,orgSourcedIds,role,username,"
-    "userIds,givenName,familyName,middleName,identifier,email,sms,phone,agentSourcedIds,grades,"
-    "password",
-    "classes.csv": "sourcedId,status,dateLastModified,title,grades,courseSourcedId,classCode,"
-    "classType,location,schoolSourcedId,termSourcedIds,subjects,subjectCodes,periods",
-    "enrollments.csv": "sourcedId,status,dateLastModified,classSourcedId,schoolSourcedId,"
-    "userSourcedId,role,primary,beginDate,endDate",
-}
-
-
 def write_roster(
     folder: Path,
     students: list[tuple[str, str, str]],
@@ -181,7 +170,7 @@ def write_roster(
     }
     for name, lines in files.items():
         (folder / name).write_text(
-            ROSTER_HEADERS[name] + "\n" + "".join(line + "\n" for line in lines),
+            ONEROSTER_HEADERS[name] + "\n" + "".join(line + "\n" for line in lines),
             encoding="utf-8",
         )
     return folder

@@ -25,6 +25,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.roster import ONEROSTER_HEADERS
+
 HERE = Path(__file__).resolve().parent
 DEMOGRAPHICS = HERE / "demographics.csv"
 ROSTER = HERE / "roster"
@@ -36,19 +38,10 @@ TOTAL_STUDENTS = 200
 CLEAN_ROWS = 142
 BEGIN, END, TERM = "2026-08-17", "2027-06-04", "term-2026-27"
 
-ORGS_HEADER = "sourcedId,status,dateLastModified,name,type,identifier,parentSourcedId"
-USERS_HEADER = (
-    "sourcedId,status,dateLastModified,enabledUser,orgSourcedIds,role,username,userIds,"
-    "givenName,familyName,middleName,identifier,email,sms,phone,agentSourcedIds,grades,password"
-)
-CLASSES_HEADER = (
-    "sourcedId,status,dateLastModified,title,grades,courseSourcedId,classCode,classType,"
-    "location,schoolSourcedId,termSourcedIds,subjects,subjectCodes,periods"
-)
-ENROLLMENTS_HEADER = (
-    "sourcedId,status,dateLastModified,classSourcedId,schoolSourcedId,userSourcedId,role,"
-    "primary,beginDate,endDate"
-)
+ORGS_HEADER = ONEROSTER_HEADERS["orgs.csv"]
+USERS_HEADER = ONEROSTER_HEADERS["users.csv"]
+CLASSES_HEADER = ONEROSTER_HEADERS["classes.csv"]
+ENROLLMENTS_HEADER = ONEROSTER_HEADERS["enrollments.csv"]
 
 DISTRICT = "org-mvusd"
 MIDDLE = "org-mvms"
