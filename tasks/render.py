@@ -55,9 +55,10 @@ def outcome_sentence(report: Report) -> str:
     if report.has_errors and s.rows == s.error_rows:
         return "Every row has errors: nothing in the file can be applied as it is."
     if report.has_errors:
+        applied = report.sync is not None and report.sync.status == "succeeded"
         return (
-            f"{s.error_rows} of {s.rows} rows have errors and would be skipped; "
-            f"{s.valid_rows} rows are valid."
+            f"{s.error_rows} of {s.rows} rows have errors and "
+            f"{'were' if applied else 'would be'} skipped; {s.valid_rows} rows are valid."
         )
     return f"All {s.rows} rows are valid."
 

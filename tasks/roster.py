@@ -162,9 +162,7 @@ def _add(
 
 def _check(snapshot: RosterSnapshot) -> None:
     issues = snapshot.issues
-    lower = {
-        "status": pl.col("status").str.to_lowercase(),
-    }
+    status = pl.col("status").str.to_lowercase()
     for name, frame in snapshot.frames.items():
         for column in REQUIRED_VALUES[name]:
             _add(
@@ -190,7 +188,7 @@ def _check(snapshot: RosterSnapshot) -> None:
         _add(
             issues,
             frame,
-            pl.col("status").is_not_null() & ~lower["status"].is_in(STATUSES),
+            pl.col("status").is_not_null() & ~status.is_in(STATUSES),
             name,
             "invalid_value",
             "status must be empty, active or tobedeleted",
@@ -260,7 +258,7 @@ def _check(snapshot: RosterSnapshot) -> None:
         "orgSourcedIds",
     )
     students = users.filter(role == "student")
-    active = pl.col("status").is_null() | (lower["status"] != "tobedeleted")
+    active = _active()
     _add(
         issues,
         students,
@@ -368,7 +366,7 @@ def _check(snapshot: RosterSnapshot) -> None:
 ENTITIES = ("schools", "students", "staff", "classes", "enrollments")
 
 
-def _active(frame: pl.DataFrame) -> pl.Expr:
+def _active() -> pl.Expr:
     return pl.col("status").is_null() | (pl.col("status").str.to_lowercase() != "tobedeleted")
 
 
@@ -380,7 +378,7 @@ def _tables(snapshot: RosterSnapshot) -> dict[str, pl.DataFrame]:
         pl.col("sourcedId").alias("sourced_id"),
         "name",
         "identifier",
-        _active(orgs).alias("active"),
+        _active().alias("active"),
     )
     school_ids = schools["sourced_id"].implode()
     district_id = orgs.filter(org_type == "district")["sourcedId"][0]
@@ -401,7 +399,7 @@ def _tables(snapshot: RosterSnapshot) -> dict[str, pl.DataFrame]:
         pl.col("givenName").alias("given_name"),
         pl.col("familyName").alias("family_name"),
         first_school.list.first().alias("school_sourced_id"),
-        _active(users).alias("active"),
+        _active().alias("active"),
     )
     staff_rows = users.filter(pl.col("_role").is_in(STAFF_ROLES))
     staff = staff_rows.select(
@@ -413,7 +411,7 @@ def _tables(snapshot: RosterSnapshot) -> dict[str, pl.DataFrame]:
         "identifier",
         pl.col("_orgs").list.contains(district_id).alias("district_wide"),
         (pl.col("enabledUser").str.to_lowercase().fill_null("true") == "true").alias("enabled"),
-        _active(users).alias("active"),
+        _active().alias("active"),
     )
     staff_schools = (
         staff_rows.select(pl.col("sourcedId").alias("sourced_id"), first_school.alias("school"))
@@ -426,7 +424,7 @@ def _tables(snapshot: RosterSnapshot) -> dict[str, pl.DataFrame]:
         pl.col("sourcedId").alias("sourced_id"),
         "title",
         pl.col("schoolSourcedId").alias("school_sourced_id"),
-        _active(classes_file).alias("active"),
+        _active().alias("active"),
     )
     enrollments_file = snapshot.frames["enrollments.csv"]
     enrollments = enrollments_file.filter(
@@ -436,7 +434,7 @@ def _tables(snapshot: RosterSnapshot) -> dict[str, pl.DataFrame]:
         pl.col("classSourcedId").alias("class_sourced_id"),
         pl.col("userSourcedId").alias("user_sourced_id"),
         pl.col("role").str.to_lowercase().alias("role"),
-        _active(enrollments_file).alias("active"),
+        _active().alias("active"),
     )
     return {
         "schools": schools,

@@ -124,31 +124,18 @@ class _Failure(Exception):
 
 
 def _with_block(
-    report: Report,
-    run_id: int | None,
-    status: str,
-    matched: Matched | None = None,
-    applied: bool = False,
+    report: Report, status: str, matched: Matched | None = None, updated: int = 0
 ) -> Report:
-    if matched is None:
-        block = SyncBlock(
-            run_id=None if run_id is None else str(run_id),
-            status=status,  # type: ignore[arg-type]
-            matched=0,
-            updated=0,
-            unchanged=0,
-            unmatched=0,
-        )
-    else:
-        updated = matched.updated if applied or status in ("preview", "held") else 0
-        block = SyncBlock(
-            run_id=None if run_id is None else str(run_id),
-            status=status,  # type: ignore[arg-type]
-            matched=matched.matched,
-            updated=updated,
-            unchanged=matched.matched - updated if status != "rejected" else 0,
-            unmatched=matched.unmatched,
-        )
+    """The report with its `sync` block: `updated` students change (or would, for a preview
+    or a hold); the rest of the matched students are unchanged. The run id comes later."""
+    block = SyncBlock(
+        run_id=None,
+        status=status,  # type: ignore[arg-type]
+        matched=0 if matched is None else matched.matched,
+        updated=updated,
+        unchanged=0 if matched is None or status == "rejected" else matched.matched - updated,
+        unmatched=0 if matched is None else matched.unmatched,
+    )
     return replace(report, sync=block)
 
 
@@ -176,7 +163,7 @@ def _decide_and_apply(
         report = validation.report
         if report.stopped or validation.normalized is None:
             outcome = SyncOutcome(
-                _with_block(report, None, "preview" if mode == "preview" else "rejected"),
+                _with_block(report, "preview" if mode == "preview" else "rejected"),
                 "the file has a file-level error and was not applied; fix it and upload it again",
             )
             if mode == "sync":
@@ -190,14 +177,16 @@ def _decide_and_apply(
         summary = report.summary
         extra: list[pl.DataFrame] = []
 
-        same_as = None if mode == "preview" else _applied_before(cur, district.district_id, sha)
+        same_as = _applied_before(cur, district.district_id, sha)
         if same_as is not None:
+            said = "would change" if mode == "preview" else "was changed"
             outcome = SyncOutcome(
-                _with_block(report, None, "succeeded", matched),
-                f"this file (same SHA-256) was already applied by run {same_as}; nothing "
-                "was changed",
+                _with_block(report, "preview" if mode == "preview" else "succeeded", matched),
+                f"this file (same SHA-256) was already applied by run {same_as}; nothing {said}",
                 same_as_run_id=same_as,
             )
+            if mode == "preview":
+                return outcome
             outcome.run_id = _record(cur, district, outcome, started_at, requested_by, matched)
             outcome.report = _set_run_id(outcome.report, outcome.run_id)
             return outcome
@@ -216,7 +205,7 @@ def _decide_and_apply(
             report = with_issues(report, extra)
             status = "preview" if mode == "preview" else "rejected"
             outcome = SyncOutcome(
-                _with_block(report, None, status, matched),
+                _with_block(report, status, matched),
                 "the file was rejected: too many rows have errors; nothing was applied",
             )
             if mode == "sync":
@@ -249,7 +238,7 @@ def _decide_and_apply(
                 report = with_issues(report, extra)
                 status = "preview" if mode == "preview" else "held"
                 outcome = SyncOutcome(
-                    _with_block(report, None, status, matched),
+                    _with_block(report, status, matched, matched.updated),
                     "the sync is held for approval: it would change too many values on record",
                     values_changed=matched.values_changed,
                 )
@@ -262,14 +251,14 @@ def _decide_and_apply(
 
         if mode == "preview":
             return SyncOutcome(
-                _with_block(report, None, "preview", matched),
+                _with_block(report, "preview", matched, matched.updated),
                 f"preview: a sync would change {matched.values_changed} values for "
                 f"{matched.updated} students; nothing was written",
                 values_changed=matched.values_changed,
             )
 
         outcome = SyncOutcome(
-            _with_block(report, None, "succeeded", matched, applied=True),
+            _with_block(report, "succeeded", matched, matched.updated),
             f"applied: {matched.values_changed} values changed for {matched.updated} students"
             + (f" (approving held run {held_runs[0]})" if held_runs else ""),
             values_changed=matched.values_changed,
@@ -399,7 +388,7 @@ def _failed(
 ) -> SyncOutcome:
     """The transaction rolled back; record the failure on a fresh connection if possible."""
     outcome = SyncOutcome(
-        _with_block(report, None, "failed"),
+        _with_block(report, "failed"),
         f"the sync failed and nothing was applied ({describe_error(cause)}); the file can be "
         "synced again",
     )

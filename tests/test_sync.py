@@ -294,6 +294,9 @@ def test_the_same_file_again_changes_nothing_and_says_so(district: str) -> None:
     lines = [line("0000000001", gender="F"), line("0000000009", gender="F")]
     first = sync(district, D, lines)
     before = snapshot(district)
+    preview = sync(district, D, lines, mode="preview")
+    assert preview.message.endswith(f"already applied by run {first.run_id}; nothing would change")
+    assert preview.report.sync is not None and preview.report.sync.updated == 0
     again = sync(district, D, lines)
     assert again.status == "succeeded"
     assert f"already applied by run {first.run_id}" in again.message
