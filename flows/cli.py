@@ -382,10 +382,22 @@ def demo() -> None:
         typer.echo(text if step == 2 else "\n".join(text.splitlines()[:2]) + "\n")
     typer.echo(f"HTML validation report: {html_path}")
     typer.echo(f"JSON validation report: {json_path}")
-    typer.echo(
-        f"Runs: demographics runs --district {SAMPLE_DISTRICT}    "
-        'Database: psql "$(demographics db url)"'
-    )
+    typer.echo(f"Runs: .venv/bin/demographics runs --district {SAMPLE_DISTRICT}")
+    typer.echo(f'Database: {_psql()} "$(.venv/bin/demographics db url)"')
+
+
+def _psql() -> str:
+    """psql: the embedded server's own when there is one (a fresh machine has no other)."""
+    from tasks.settings import load_settings
+
+    if load_settings().database_url:
+        return "psql"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver._commands import POSTGRES_BIN_PATH
+    return str(POSTGRES_BIN_PATH / "psql")
 
 
 def main() -> None:
