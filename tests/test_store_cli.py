@@ -138,3 +138,34 @@ def test_demo_loads_the_roster_syncs_the_sample_and_the_second_sync_changes_noth
     assert second.exit_code == 0
     assert "succeeded (run 3): matched" in second.output  # runs 1 and 2 were the first demo
     assert "updated 0" in second.output.split("2. Sync")[1].split("\n")[1]
+
+
+def test_the_embedded_server_starts_tuned_stays_up_and_stops(
+    cli, monkeypatch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("DEMOGRAPHICS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DEMOGRAPHICS_HOME", str(tmp_path / "home"))
+    result = cli("db", "url")
+    assert result.exit_code == 0
+    url = result.output.strip()
+    assert url.startswith("postgresql://") and str(tmp_path / "home" / "pgdata") in url
+    try:
+        assert cli("db", "url").output.strip() == url  # found running, not started again
+        with psycopg.connect(url) as conn:  # still up after the command returned
+            settings = dict(
+                conn.execute(
+                    "SELECT name, setting FROM pg_settings WHERE name IN "
+                    "('max_wal_size', 'log_min_error_statement', 'log_error_verbosity')"
+                ).fetchall()
+            )
+        assert settings == {
+            "max_wal_size": "8192",
+            "log_min_error_statement": "panic",
+            "log_error_verbosity": "terse",
+        }
+        result = cli("runs")  # the schema is applied on first use of the embedded server
+        assert result.exit_code == 0 and result.output == "no runs yet\n"
+    finally:
+        assert cli("db", "stop").output.strip() == "stopped the embedded server"
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=2)
