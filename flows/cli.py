@@ -161,7 +161,7 @@ def _database_errors(func):  # type: ignore[no-untyped-def]
 
         from tasks.db import DatabaseUnavailable, MigrationChanged, describe_error
         from tasks.roster import RosterRefused
-        from tasks.store import DistrictBusy, UnknownDistrict
+        from tasks.store import DistrictBusy, InvalidSetting, UnknownDistrict
         from tasks.undo import UndoRefused
 
         try:
@@ -173,6 +173,7 @@ def _database_errors(func):  # type: ignore[no-untyped-def]
             MigrationChanged,
             RosterRefused,
             UndoRefused,
+            InvalidSetting,
         ) as exc:
             fail(str(exc))
         except psycopg.Error as exc:
@@ -342,6 +343,54 @@ def undo(run_id: Annotated[int, typer.Argument(help="The sync run to undo.")]) -
         typer.echo(f"  kept: student {student}, {field} (changed again by run {later})")
     if outcome.kept > len(outcome.kept_examples):
         typer.echo(f"  ... and {outcome.kept - len(outcome.kept_examples)} more kept values")
+
+
+@app.command()
+@_database_errors
+def settings(
+    district: DistrictOption,
+    error_limit: Annotated[
+        float | None,
+        typer.Option(help="Reject a file when more than this share of rows has errors."),
+    ] = None,
+    hold_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Hold a sync that would change more than this share of values on record."
+        ),
+    ] = None,
+    gender_codes: Annotated[
+        str | None, typer.Option(help="Allowed gender codes, comma-separated (e.g. M,F,X).")
+    ] = None,
+    notify: Annotated[
+        str | None, typer.Option(help="Notification recipients, comma-separated emails.")
+    ] = None,
+) -> None:
+    """Show a district's settings, or change the ones given (an operator command)."""
+    from tasks.db import connect
+    from tasks.store import update_settings
+
+    def split(value: str | None) -> tuple[str, ...] | None:
+        return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+    codes = split(gender_codes)
+    with connect(_ready_url(), autocommit=True) as conn:
+        now = update_settings(
+            conn,
+            district,
+            error_limit,
+            hold_limit,
+            None if codes is None else tuple(dict.fromkeys(c.upper() for c in codes)),
+            split(notify),
+        )
+    typer.echo(f"district {now.code} ({now.name})")
+    typer.echo(f"  error limit   {now.error_limit:.0%} of rows with errors rejects a file")
+    typer.echo(
+        f"  hold limit    {now.hold_limit:.0%} of students with values on record changed "
+        "holds a sync"
+    )
+    typer.echo(f"  gender codes  {', '.join(now.gender_codes)}")
+    typer.echo(f"  notify        {', '.join(now.recipients) or '(nobody yet)'}")
 
 
 SAMPLE_ROSTER = SAMPLE_FILE.parent / "roster"

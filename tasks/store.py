@@ -172,3 +172,46 @@ def list_runs(
         {"d": district, "n": limit},
     ).fetchall()
     return [RunRow(*row) for row in rows]
+
+
+class InvalidSetting(Exception):
+    """A district setting out of range; the message is safe to print."""
+
+
+def update_settings(
+    conn: psycopg.Connection,
+    code: str,
+    error_limit: float | None = None,
+    hold_limit: float | None = None,
+    gender_codes: tuple[str, ...] | None = None,
+    recipients: tuple[str, ...] | None = None,
+) -> District:
+    """Change a district's settings; only the ones given. Returns the settings now in force."""
+    for name, value in (("error limit", error_limit), ("hold limit", hold_limit)):
+        if value is not None and not 0 <= value <= 1:
+            raise InvalidSetting(f"the {name} is a share of rows between 0 and 1 (0.2 = 20 %)")
+    if gender_codes is not None and (
+        not gender_codes or any(not c.isalnum() or len(c) > 8 for c in gender_codes)
+    ):
+        raise InvalidSetting("gender codes are one or more short codes such as M,F,X")
+    if recipients is not None and any("@" not in r for r in recipients):
+        raise InvalidSetting("notification recipients are email addresses")
+    district = get_district(conn, code)
+    with conn.transaction():
+        conn.execute(
+            """UPDATE core.district_settings SET
+                   error_limit = coalesce(%s, error_limit),
+                   hold_limit = coalesce(%s, hold_limit),
+                   gender_codes = coalesce(%s, gender_codes),
+                   notification_recipients = coalesce(%s, notification_recipients),
+                   updated_at = now()
+               WHERE district_id = %s""",
+            (
+                error_limit,
+                hold_limit,
+                None if gender_codes is None else list(gender_codes),
+                None if recipients is None else list(recipients),
+                district.district_id,
+            ),
+        )
+    return get_district(conn, code)

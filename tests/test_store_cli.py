@@ -169,3 +169,21 @@ def test_the_embedded_server_starts_tuned_stays_up_and_stops(
         assert cli("db", "stop").output.strip() == "stopped the embedded server"
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=2)
+
+
+def test_settings_show_and_change_what_the_sync_uses(district: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    shown = cli("settings", "--district", D)
+    assert shown.exit_code == 0
+    assert "error limit   20%" in shown.output and "gender codes  M, F" in shown.output
+    path = _file(tmp_path, [line("0000000001", gender="X"), line("0000000002", gender="F")])
+    assert cli("sync", path, "--district", D).exit_code == 1  # X is not allowed yet
+    changed = cli("settings", "--district", D, "--gender-codes", "m,f,x", "--hold-limit", "0.5")
+    assert "gender codes  M, F, X" in changed.output and "hold limit    50%" in changed.output
+    result = cli("sync", path, "--district", D, "--format", "json")
+    doc = json.loads(result.output)
+    assert result.exit_code == 0 and doc["sync"]["updated"] == 2
+    bad = cli("settings", "--district", D, "--error-limit", "20")
+    assert bad.exit_code == 2
+    assert bad.output.strip() == (
+        "error: the error limit is a share of rows between 0 and 1 (0.2 = 20 %)"
+    )
