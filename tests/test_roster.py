@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -137,3 +138,15 @@ def test_the_cli_loads_a_roster_and_reports_errors(db: str, tmp_path: Path, cli)
     assert result.exit_code == 1
     assert "NOT loaded" in result.output
     assert "enrollments.csv row 4, column classSourcedId" in result.output
+    doc = json.loads(cli("roster", "load", bad, "--district", "other", "--format", "json").output)
+    assert doc["loaded"] is False
+    assert doc["issues"] == [
+        {
+            "file": "enrollments.csv",
+            "severity": "error",
+            "code": "unknown_reference",
+            "message": "classSourcedId is not a class in classes.csv",
+            "row": 4,
+            "column": "classSourcedId",
+        }
+    ]
