@@ -223,7 +223,8 @@ def match_file(
             .then(
                 pl.lit(
                     "no active student of the district has this SSID; the row is skipped (a "
-                    "student new to the district appears once the roster is loaded)"
+                    "student new to the district can be matched once a roster that includes "
+                    "them is loaded; then upload their rows again in a new file)"
                 )
             )
             .when(pl.col("_email_count") > 1)
