@@ -131,24 +131,12 @@ def _database_url() -> str:
 
 
 def _ready_url() -> str:
-    """The database URL, with the schema up to date (applied here only on the embedded server)."""
-    from tasks.db import DatabaseUnavailable, connect, pending, upgrade
-    from tasks.settings import load_settings
+    from tasks.db import DatabaseUnavailable, ready_database_url
 
-    url = _database_url()
     try:
-        with connect(url, autocommit=True) as conn:
-            waiting = pending(conn)
-            if waiting and load_settings().database_url is None:
-                upgrade(conn)
-            elif waiting:
-                fail(
-                    f"the database schema is not up to date ({len(waiting)} SQL files to apply); "
-                    "run: demographics db upgrade"
-                )
+        return ready_database_url()
     except DatabaseUnavailable as exc:
         fail(str(exc))
-    return url
 
 
 def _database_errors(func):  # type: ignore[no-untyped-def]

@@ -54,6 +54,29 @@ def database_url(settings: object | None = None) -> str:
     return embedded_url(s.pgdata)
 
 
+def ready_database_url(settings: object | None = None) -> str:
+    """The URL of a database whose schema is up to date, for any command or flow that uses it.
+
+    The embedded server is ours, so its schema is brought up to date here; a configured server's
+    schema is upgraded by its operator (`demographics db upgrade`), never behind their back.
+    """
+    from tasks.settings import Settings, load_settings
+
+    s = settings if isinstance(settings, Settings) else load_settings()
+    url = database_url(s)
+    with connect(url, autocommit=True) as conn:
+        waiting = pending(conn)
+        if waiting and s.database_url is None:
+            upgrade(conn)
+        elif waiting:
+            raise DatabaseUnavailable(
+                f"the database schema is not up to date ({len(waiting)} SQL "
+                f"file{'s' if len(waiting) != 1 else ''} to apply); "
+                "run: demographics db upgrade"
+            )
+    return url
+
+
 def embedded_url(pgdata: Path) -> str:
     """Start (or find running) the embedded server for `pgdata` and return its URL."""
     pgdata = pgdata.expanduser().resolve()

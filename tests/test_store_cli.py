@@ -187,3 +187,22 @@ def test_settings_show_and_change_what_the_sync_uses(district: str, tmp_path: Pa
     assert bad.output.strip() == (
         "error: the error limit is a share of rows between 0 and 1 (0.2 = 20 %)"
     )
+
+
+def test_a_configured_server_with_an_old_schema_is_refused_not_upgraded(db: str, cli) -> None:  # type: ignore[no-untyped-def]
+    with psycopg.connect(db) as conn:
+        saved = conn.execute("SELECT * FROM core.schema_migrations").fetchall()
+        conn.execute("DELETE FROM core.schema_migrations")
+        conn.commit()
+    try:
+        result = cli("runs")
+        assert result.exit_code == 2
+        assert result.output.strip() == (
+            "error: the database schema is not up to date (1 SQL file to apply); "
+            "run: demographics db upgrade"
+        )
+        with psycopg.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM core.schema_migrations").fetchone() == (0,)
+    finally:
+        with psycopg.connect(db) as conn, conn.cursor() as cur:
+            cur.executemany("INSERT INTO core.schema_migrations VALUES (%s, %s, %s, %s)", saved)
