@@ -121,24 +121,6 @@ class SyncFormat(StrEnum):
     json = "json"
 
 
-def _database_url() -> str:
-    from tasks.db import DatabaseUnavailable, database_url
-
-    try:
-        return database_url()
-    except DatabaseUnavailable as exc:
-        fail(str(exc))
-
-
-def _ready_url() -> str:
-    from tasks.db import DatabaseUnavailable, ready_database_url
-
-    try:
-        return ready_database_url()
-    except DatabaseUnavailable as exc:
-        fail(str(exc))
-
-
 def _database_errors(func):  # type: ignore[no-untyped-def]
     """Turn database and store exceptions into one line on stderr (exit 2), never a traceback."""
     import functools
@@ -171,21 +153,24 @@ def _database_errors(func):  # type: ignore[no-untyped-def]
 
 
 @db_app.command("url")
+@_database_errors
 def db_url() -> None:
     """Print the connection URL, starting the embedded server if needed.
 
     So `psql "$(demographics db url)"` works.
     """
-    typer.echo(_database_url())
+    from tasks.db import database_url
+
+    typer.echo(database_url())
 
 
 @db_app.command("upgrade")
 @_database_errors
 def db_upgrade() -> None:
     """Apply the numbered SQL files in sql/ that are not applied yet."""
-    from tasks.db import connect, upgrade
+    from tasks.db import connect, database_url, upgrade
 
-    with connect(_database_url()) as conn:
+    with connect(database_url()) as conn:
         applied = upgrade(conn)
     typer.echo(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
 
@@ -216,7 +201,7 @@ def roster_load(
 
     Exit status: 0 loaded, 1 the roster has errors (nothing loaded), 2 the command could not run.
     """
-    from tasks.db import connect
+    from tasks.db import connect, ready_database_url
     from tasks.render import render_roster
     from tasks.roster import load_roster, read_roster
     from tasks.settings import load_settings
@@ -224,7 +209,7 @@ def roster_load(
     if not directory.is_dir():
         fail(f"{directory}: not a folder")
     snapshot = read_roster(directory)
-    url = _ready_url()
+    url = ready_database_url()
     with connect(url) as conn:
         result = load_roster(conn, district, snapshot, load_settings().lock_wait_seconds)
     typer.echo(result.to_json() if format is SyncFormat.json else render_roster(result), nl=False)
@@ -234,6 +219,7 @@ def roster_load(
 def _sync_command(
     file: Path, district: str, mode: str, approve: bool, format: SyncFormat, max_issues: int | None
 ) -> None:
+    from tasks.db import ready_database_url
     from tasks.read import SourceUnreadable, read_source
     from tasks.render import DEFAULT_TEXT_ISSUES, render_json, render_sync_text
     from tasks.settings import load_settings
@@ -243,7 +229,7 @@ def _sync_command(
         data = read_source(file)
     except SourceUnreadable as exc:
         fail(f"cannot read {exc}")
-    url = _ready_url()
+    url = ready_database_url()
     outcome = run_file(
         url,
         district,
@@ -309,11 +295,11 @@ def runs(
     limit: Annotated[int, typer.Option(help="How many of the latest runs.")] = 50,
 ) -> None:
     """List sync and undo runs, latest first."""
-    from tasks.db import connect
+    from tasks.db import connect, ready_database_url
     from tasks.render import render_runs
     from tasks.store import list_runs
 
-    with connect(_ready_url()) as conn:
+    with connect(ready_database_url()) as conn:
         typer.echo(render_runs(list_runs(conn, district, limit)), nl=False)
 
 
@@ -321,11 +307,14 @@ def runs(
 @_database_errors
 def undo(run_id: Annotated[int, typer.Argument(help="The sync run to undo.")]) -> None:
     """Put back the values a sync run changed (values changed again since are kept)."""
+    from tasks.db import ready_database_url
     from tasks.settings import load_settings
     from tasks.sync import default_requester
     from tasks.undo import undo_run
 
-    outcome = undo_run(_ready_url(), run_id, default_requester(), load_settings().lock_wait_seconds)
+    outcome = undo_run(
+        ready_database_url(), run_id, default_requester(), load_settings().lock_wait_seconds
+    )
     typer.echo(outcome.message)
     for student, field, later in outcome.kept_examples:
         typer.echo(f"  kept: student {student}, {field} (changed again by run {later})")
@@ -355,14 +344,14 @@ def settings(
     ] = None,
 ) -> None:
     """Show a district's settings, or change the ones given (an operator command)."""
-    from tasks.db import connect
+    from tasks.db import connect, ready_database_url
     from tasks.store import update_settings
 
     def split(value: str | None) -> tuple[str, ...] | None:
         return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
 
     codes = split(gender_codes)
-    with connect(_ready_url(), autocommit=True) as conn:
+    with connect(ready_database_url(), autocommit=True) as conn:
         now = update_settings(
             conn,
             district,
@@ -389,7 +378,7 @@ SAMPLE_DISTRICT = "maple-valley"
 @_database_errors
 def demo() -> None:
     """Run the main job end to end on the bundled sample and embedded defaults."""
-    from tasks.db import connect
+    from tasks.db import connect, ready_database_url
     from tasks.read import read_source
     from tasks.render import render_html, render_roster, render_sync_text
     from tasks.roster import load_roster, read_roster
@@ -406,7 +395,7 @@ def demo() -> None:
     write_report(html_path, render_html(report))
     write_report(json_path, report.to_json() + "\n")
 
-    url = _ready_url()
+    url = ready_database_url()
     typer.echo(f"1. Load the sample roster {SAMPLE_ROSTER} as district {SAMPLE_DISTRICT}")
     with connect(url) as conn:
         result = load_roster(conn, SAMPLE_DISTRICT, read_roster(SAMPLE_ROSTER))

@@ -33,14 +33,10 @@ VALUE_COLUMNS = DEMOGRAPHIC_COLUMNS
 STUDENT_ID = "student_id"
 
 
-def fetch_students(conn: psycopg.Connection, district_id: int) -> pl.DataFrame:
-    """The district's active students with their stored values (flags as Y/N), in one COPY."""
-    return parse_students(copy_students(conn, district_id))
-
-
 def copy_students(conn: psycopg.Connection, district_id: int) -> bytes:
-    """The COPY half of `fetch_students`: mostly the server's work, so it can overlap other
-    work in a thread without holding a second copy of anything in polars."""
+    """The district's active students with their stored values (flags as Y/N), as CSV bytes
+    from one COPY. Mostly the server's work, so it can overlap validation in a thread;
+    `parse_students` turns it into a frame afterwards, on the caller's thread."""
     flag = "CASE WHEN d.{0} THEN 'Y' WHEN NOT d.{0} THEN 'N' END"
     values = ", ".join(flag.format(c) if c in FLAG_COLUMNS else f"d.{c}" for c in VALUE_COLUMNS)
     query = sql.SQL(

@@ -30,6 +30,7 @@ from schemas.roster import (
 )
 from tasks.db import copy_frame
 from tasks.read import FIELDS, ROW, column_key, read_demographics
+from tasks.store import lock_district
 
 SSID_PATTERN = r"^[0-9]{10}$"
 
@@ -552,8 +553,6 @@ def load_roster(
     lock_wait_seconds: float = 60.0,
 ) -> RosterResult:
     """Load a checked snapshot as the district's roster, in one transaction."""
-    from tasks.store import lock_district
-
     counts = {name: RosterCounts() for name in ENTITIES}
     if snapshot.errors:
         return RosterResult(district_code, snapshot.issues, counts, loaded=False)

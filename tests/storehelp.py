@@ -6,15 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from conftest import HEADER
 
 from tasks.match import VALUE_COLUMNS
 from tasks.roster import load_roster, read_roster
 from tasks.sync import SyncOutcome, run_file
 
-HEADER = (
-    "SSID,email,gender,ethnicity,race,"
-    "english_learner,migrant,gifted_learner,special_ed,sed,homeless,foster"
-)
 STUDENTS = [
     ("s1", "0000000001", "ana@students.example.org"),
     ("s2", "0000000002", "ben@students.example.org"),
