@@ -370,46 +370,161 @@ def settings(
     typer.echo(f"  notify        {', '.join(now.recipients) or '(nobody yet)'}")
 
 
+drop_app = typer.Typer(
+    help="The district file drop (SFTP or a local folder).", no_args_is_help=True
+)
+app.add_typer(drop_app, name="drop")
+
+
+def _drop_errors(func):  # type: ignore[no-untyped-def]
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        from tasks.drop import DropError
+
+        try:
+            return func(*args, **kwargs)
+        except (DropError, ValueError) as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+@drop_app.command("list")
+@_drop_errors
+def drop_list(district: DistrictOption) -> None:
+    """Show what the nightly run would do with each file in a district's drop."""
+    from tasks.drop import open_drop
+    from tasks.render import printable
+    from tasks.settings import load_settings
+
+    drop = open_drop(load_settings())
+    listing = drop.list(district)
+    typer.echo(f"{drop.description}/{district}")
+    groups = (
+        ("ready", listing.ready),
+        ("settling (may still be uploading)", listing.settling),
+        ("too large (rejected unread)", listing.too_large),
+        ("past retention (deleted)", listing.expired),
+    )
+    for label, files in groups:
+        for f in files:
+            stamp = f.modified.strftime("%Y-%m-%d %H:%M:%S")
+            typer.echo(f"  {label:<36} {stamp} UTC {f.size:>12} bytes  {printable(f.name)}")
+    for r in listing.refused:
+        typer.echo(f"  {'refused (' + r.reason + ')':<36} {r.name}")
+
+
+@drop_app.command("put")
+@_drop_errors
+def drop_put(file: FileArgument, district: DistrictOption) -> None:
+    """Place a file in a district's drop, as a district's upload would."""
+    from tasks.drop import check_name, open_drop
+    from tasks.read import SourceUnreadable, read_source
+    from tasks.settings import load_settings
+
+    try:
+        data = read_source(file)
+    except SourceUnreadable as exc:
+        fail(f"cannot read {exc}")
+    drop = open_drop(load_settings())
+    drop.put(district, check_name(file.name), data)
+    typer.echo(f"placed {file.name} in {drop.description}/{district}")
+
+
+@app.command()
+@_database_errors
+def nightly() -> None:
+    """Run the nightly-sync flow once, now, through Prefect (every active district's drop)."""
+    from flows.pipeline import nightly_sync
+
+    state = nightly_sync(return_state=True)
+    typer.echo(f"nightly-sync: {state.name}" + (f": {state.message}" if state.message else ""))
+    raise typer.Exit(0 if state.is_completed() else 1)
+
+
+@app.command()
+def serve() -> None:
+    """Serve the deployments (nightly schedule, manual runs) from this process until stopped."""
+    from flows.deploy import serve_all
+
+    serve_all()
+
+
 SAMPLE_ROSTER = SAMPLE_FILE.parent / "roster"
 SAMPLE_DISTRICT = "maple-valley"
+
+
+SAMPLE_MANAGER = "patricia.morales-grant@maplevalley.k12.example.us"  # adm-01, district admin
 
 
 @app.command()
 @_database_errors
 def demo() -> None:
-    """Run the main job end to end on the bundled sample and embedded defaults."""
+    """Run the whole product once on embedded defaults: roster, drop, nightly flow, email."""
+    import os
+
     from tasks.db import connect, ready_database_url
+    from tasks.drop import open_drop
     from tasks.read import read_source
-    from tasks.render import render_html, render_roster, render_sync_text
+    from tasks.render import render_html, render_roster
     from tasks.roster import load_roster, read_roster
     from tasks.settings import load_settings
-    from tasks.sync import run_file
+    from tasks.store import get_district, list_runs, update_settings
     from tasks.validate import validate_bytes
 
+    # The sample file is placed a moment before the run; a real upload settles first.
+    os.environ.setdefault("DEMOGRAPHICS_SETTLE_SECONDS", "0")
     settings = load_settings()
     data = read_source(SAMPLE_FILE)
     report = validate_bytes(data, SAMPLE_FILE.name).report
-    out_dir = settings.reports_dir
-    html_path = out_dir / "demo-validation.html"
-    json_path = out_dir / "demo-validation.json"
+    html_path = settings.reports_dir / "demo-validation.html"
     write_report(html_path, render_html(report))
-    write_report(json_path, report.to_json() + "\n")
 
     url = ready_database_url()
     typer.echo(f"1. Load the sample roster {SAMPLE_ROSTER} as district {SAMPLE_DISTRICT}")
-    with connect(url) as conn:
+    with connect(url, autocommit=True) as conn:
         result = load_roster(conn, SAMPLE_DISTRICT, read_roster(SAMPLE_ROSTER))
+        if not get_district(conn, SAMPLE_DISTRICT).recipients:
+            update_settings(conn, SAMPLE_DISTRICT, recipients=(SAMPLE_MANAGER,))
     typer.echo(render_roster(result))
-    for step in (2, 3):
-        again = " again (same file: nothing changes)" if step == 3 else ""
-        typer.echo(f"{step}. Sync the sample file {SAMPLE_FILE.name}{again}")
-        outcome = run_file(url, SAMPLE_DISTRICT, data, SAMPLE_FILE.name, mode="sync")
-        text = render_sync_text(outcome.report, outcome.message, max_issues=12 if step == 2 else 0)
-        typer.echo(text if step == 2 else "\n".join(text.splitlines()[:2]) + "\n")
+    drop = open_drop(settings)
+    drop.put(SAMPLE_DISTRICT, SAMPLE_FILE.name, data)
+    typer.echo(f"2. Placed {SAMPLE_FILE.name} in the drop: {drop.description}/{SAMPLE_DISTRICT}")
+    typer.echo("3. Run the nightly-sync flow through Prefect")
+    from flows.pipeline import nightly_sync
+
+    state = nightly_sync(return_state=True)
+    typer.echo(f"   nightly-sync: {state.name}" + (f" ({state.message})" if state.message else ""))
+    with connect(url, autocommit=True) as conn:
+        runs = list_runs(conn, SAMPLE_DISTRICT, 1)
+        row = None
+        if runs:
+            row = conn.execute(
+                "SELECT email_status, email_detail, file_deleted_at FROM core.sync_runs "
+                "WHERE run_id = %s",
+                (runs[0].run_id,),
+            ).fetchone()
+    if runs and row is not None:
+        run = runs[0]
+        typer.echo(
+            f"   run {run.run_id}: {run.status}, {run.rows} rows, matched {run.matched}, "
+            f"updated {run.updated}, unchanged {run.unchanged}, unmatched {run.unmatched}, "
+            f"{run.values_changed} values changed; {run.message}"
+        )
+        typer.echo("   source file: " + ("deleted from the drop" if row[2] else "kept in the drop"))
+        if row[0] == "written":
+            eml = Path(row[1])
+            typer.echo(f"Results email: {eml}")
+            typer.echo(f"               {eml.with_suffix('.html')}")
+        else:
+            typer.echo(f"Results email: {row[0]} ({row[1]})")
     typer.echo(f"HTML validation report: {html_path}")
-    typer.echo(f"JSON validation report: {json_path}")
     typer.echo(f"Runs: .venv/bin/demographics runs --district {SAMPLE_DISTRICT}")
     typer.echo(f'Database: {_psql()} "$(.venv/bin/demographics db url)"')
+    if not state.is_completed():
+        raise typer.Exit(1)
 
 
 def _psql() -> str:

@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     mail_from: str = Field(
         default="demographics-sync@localhost", description="From address of results emails."
     )
+    mail_attempts: int = Field(
+        default=3, ge=1, description="Tries to send a results email before the failure is recorded."
+    )
+    mail_retry_seconds: float = Field(
+        default=30.0, ge=0, description="Wait between tries to send a results email."
+    )
+    timezone: str = Field(
+        default="UTC", description="Time zone of the nightly schedule (an IANA name)."
+    )
     district_concurrency: int = Field(
         default=4, ge=1, description="How many districts the nightly flow syncs at once."
     )

@@ -215,3 +215,87 @@ def update_settings(
             ),
         )
     return get_district(conn, code)
+
+
+def active_district_codes(conn: psycopg.Connection) -> list[str]:
+    rows = conn.execute("SELECT code FROM core.districts WHERE active ORDER BY code").fetchall()
+    return [r[0] for r in rows]
+
+
+def record_email(conn: psycopg.Connection, run_id: int, status: str, detail: str) -> None:
+    """How the results email went; never touches the run's own outcome or finish time."""
+    conn.execute(
+        """UPDATE core.sync_runs SET email_status = %s, email_detail = %s,
+                  emailed_at = clock_timestamp()
+           WHERE run_id = %s""",
+        (status, detail, run_id),
+    )
+
+
+def record_file_deleted(conn: psycopg.Connection, run_ids: list[int]) -> None:
+    conn.execute(
+        "UPDATE core.sync_runs SET file_deleted_at = clock_timestamp() WHERE run_id = ANY(%s)",
+        (run_ids,),
+    )
+
+
+class NotHeld(Exception):
+    """The run is not a held sync waiting for a decision; the message is safe to print."""
+
+
+@dataclass(frozen=True)
+class HeldRun:
+    run_id: int
+    district: str
+    file_name: str
+    file_sha256: str
+
+
+def held_run(conn: psycopg.Connection, run_id: int) -> HeldRun:
+    """The held sync `run_id`, still waiting for approval or discarding."""
+    row = conn.execute(
+        """SELECT r.status, r.resolution, r.resolved_by, d.code, r.file_name, r.file_sha256
+           FROM core.sync_runs r JOIN core.districts d USING (district_id)
+           WHERE r.run_id = %s""",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        raise NotHeld(f"there is no run {run_id}")
+    status, resolution, resolved_by, code, name, sha = row
+    if status != "held":
+        raise NotHeld(f"run {run_id} was not held (its status is {status}); nothing to decide")
+    if resolution is not None:
+        raise NotHeld(f"held run {run_id} was already {resolution} by {resolved_by}")
+    return HeldRun(run_id, code, name, sha)
+
+
+def waiting_hold(conn: psycopg.Connection, district_id: int, sha: str) -> int | None:
+    """The latest held run of this exact file (same SHA-256) still waiting for a decision."""
+    row = conn.execute(
+        """SELECT run_id FROM core.sync_runs
+           WHERE district_id = %s AND file_sha256 = %s AND status = 'held'
+             AND resolution IS NULL
+           ORDER BY run_id DESC LIMIT 1""",
+        (district_id, sha),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def discard_holds(
+    conn: psycopg.Connection,
+    district_id: int,
+    by: str,
+    run_id: int | None = None,
+    file_name: str | None = None,
+) -> list[int]:
+    """Mark held runs discarded: one run, or every waiting hold of a file name (retention)."""
+    rows = conn.execute(
+        """UPDATE core.sync_runs SET resolution = 'discarded', resolved_by = %s,
+                  resolved_at = now()
+           WHERE district_id = %s AND status = 'held' AND resolution IS NULL
+             AND (%s::bigint IS NULL OR run_id = %s)
+             AND (%s::text IS NULL OR file_name = %s)
+           RETURNING run_id""",
+        (by, district_id, run_id, run_id, file_name, file_name),
+    ).fetchall()
+    return [int(r[0]) for r in rows]

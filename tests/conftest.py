@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,18 @@ from flows.cli import app
 from schemas.roster import ONEROSTER_HEADERS
 from tasks.read import read_source
 from tasks.validate import Validation, validate_bytes
+
+# Prefect keeps everything it stores (its database, logs, results) under PREFECT_HOME: one
+# private folder for the test session, so the privacy test can search all of it. Set before
+# anything imports prefect.
+PREFECT_HOME = Path(tempfile.mkdtemp(prefix="demographics-test-prefect-"))
+os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+# The real SFTP and SMTP servers the tests start (fixtures: sftp_server, smtp_server, ...).
+pytest.register_assert_rewrite("sftp_server", "smtp_server")
+pytest_plugins = ["sftp_server", "smtp_server"]
 
 HEADER = (
     "SSID,email,gender,ethnicity,race,"
@@ -174,3 +188,16 @@ def write_roster(
             encoding="utf-8",
         )
     return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[Path]:
+    """A real Prefect API (the test harness: a local server on a temporary SQLite database).
+    Yields the folder holding everything Prefect stored: its database and PREFECT_HOME."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+        yield Path(url.split("///", 1)[1]).parent
+    shutil.rmtree(PREFECT_HOME, ignore_errors=True)

@@ -126,18 +126,23 @@ def test_an_unreachable_database_is_one_line_exit_2(cli, monkeypatch, tmp_path: 
     assert "secret" not in result.output and len(result.output.splitlines()) == 1
 
 
-def test_demo_loads_the_roster_syncs_the_sample_and_the_second_sync_changes_nothing(
-    db: str, cli
+def test_demo_runs_the_nightly_flow_on_the_sample_and_writes_the_email(
+    db: str, cli, prefect_api: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("DEMOGRAPHICS_SETTLE_SECONDS", raising=False)
     first = cli("demo")
     assert first.exit_code == 0, first.output
     assert "students          200 active" in first.output
-    assert "2. Sync the sample file" in first.output
-    assert "succeeded (run 1): matched " in first.output
+    assert "nightly-sync: Completed" in first.output
+    assert "run 1: succeeded, 185 rows, matched " in first.output
+    assert "source file: deleted from the drop" in first.output
+    eml = Path(first.output.split("Results email: ")[1].split("\n")[0])
+    assert eml.suffix == ".eml" and eml.is_file() and eml.with_suffix(".html").is_file()
+    assert "maple-valley" in eml.read_text()
     second = cli("demo")
-    assert second.exit_code == 0
-    assert "succeeded (run 3): matched" in second.output  # runs 1 and 2 were the first demo
-    assert "updated 0" in second.output.split("2. Sync")[1].split("\n")[1]
+    assert second.exit_code == 0, second.output
+    assert "run 2: succeeded" in second.output  # the same file again: recognised, not re-applied
+    assert "already applied by run 1" in second.output
 
 
 def test_the_embedded_server_starts_tuned_stays_up_and_stops(
@@ -198,7 +203,7 @@ def test_a_configured_server_with_an_old_schema_is_refused_not_upgraded(db: str,
         result = cli("runs")
         assert result.exit_code == 2
         assert result.output.strip() == (
-            "error: the database schema is not up to date (1 SQL file to apply); "
+            "error: the database schema is not up to date (2 SQL files to apply); "
             "run: demographics db upgrade"
         )
         with psycopg.connect(db) as conn:

@@ -1,0 +1,46 @@
+"""The deployments: the nightly schedule and the manual runs people start from the Prefect UI.
+
+`demographics serve` (or `make serve`) serves them from this process, so the schedule and the
+UI's Run button work with no work pool; `deployments/prefect.yaml` declares the same four for
+a work pool in production.
+"""
+
+from __future__ import annotations
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron
+
+from flows.pipeline import approve_held_sync, discard_held_sync, nightly_sync, process_file
+from tasks.settings import load_settings
+
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def deployments() -> list[RunnerDeployment]:
+    timezone = load_settings().timezone
+    return [
+        nightly_sync.to_deployment(
+            name="nightly-demographics-sync",
+            schedules=[Cron(NIGHTLY_CRON, timezone=timezone)],
+            concurrency_limit=1,
+            description="Every active district's drop at 02:00; one run at a time.",
+        ),
+        process_file.to_deployment(
+            name="process-drop-file",
+            parameters={"mode": "sync"},
+            description="One file of one district's drop: mode sync, or preview (keeps it).",
+        ),
+        approve_held_sync.to_deployment(
+            name="approve-held-sync",
+            description="Apply a held sync (run id): the same file, checked by SHA-256.",
+        ),
+        discard_held_sync.to_deployment(
+            name="discard-held-sync",
+            description="Drop a held sync (run id) and delete its file from the drop.",
+        ),
+    ]
+
+
+def serve_all() -> None:
+    serve(*deployments())
