@@ -1,52 +1,534 @@
-"""The flows, run for real through a Prefect API, against a real database, drop and mail."""
+"""The flows, run for real through a Prefect API (the test harness), against a real database,
+a real SFTP server on 127.0.0.1 and a real SMTP server whose messages are parsed back."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import psycopg
 import pytest
 from conftest import HEADER, write_roster
-from storehelp import STUDENTS, line, load, values
+from sftp_server import SftpServer
+from smtp_server import SmtpServer
+from storehelp import STUDENTS, line, load, set_limits, values
 
-from flows.pipeline import nightly_sync
+from flows.pipeline import (
+    approve_held_sync,
+    discard_held_sync,
+    nightly_sync,
+    process_file,
+    sync_district_drop,
+)
+from tasks.sync import run_file
+
+D2_STUDENTS = [
+    ("s5", "0000000005", "eve@students.example.org"),
+    ("s6", "0000000006", "fay@students.example.org"),
+]
+MANAGERS = {"d1": "dm@d1.example.org", "d2": "dm@d2.example.org"}
+XSS = "<img src=x onerror=alert(1)>"
+FORMULA = '=HYPERLINK("http://x")'
 
 
-def _csv(lines: list[str]) -> bytes:
+def csv_bytes(lines: list[str]) -> bytes:
     return (HEADER + "\n" + "".join(x + "\n" for x in lines)).encode()
 
 
-def _runs(url: str) -> list[dict[str, Any]]:
+def runs(url: str) -> list[dict[str, Any]]:
     with psycopg.connect(url) as conn:
         cur = conn.execute("SELECT * FROM core.sync_runs ORDER BY run_id")
-        names = [c.name for c in cur.description]
+        names = [c.name for c in cur.description or []]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
+def history_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM core.demographic_changes").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def parts(message: EmailMessage) -> tuple[str, str, list[EmailMessage]]:
+    """The text part, the HTML part and the attachments of a results email."""
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None
+    assert text.get_content_type() == "text/plain"
+    assert message.get_content_type() == "multipart/mixed"
+    alternative = next(p for p in message.iter_parts() if p.is_multipart())
+    assert alternative.get_content_type() == "multipart/alternative"
+    return str(text.get_content()), str(html.get_content()), list(message.iter_attachments())
+
+
+class Product:
+    """Districts d1 and d2 on the SFTP drop, mail through the SMTP server, fast retries."""
+
+    def __init__(self, url: str, sftp: SftpServer, smtp: SmtpServer, staging: Path) -> None:
+        self.url, self.sftp, self.smtp, self.staging = url, sftp, smtp, staging
+
+    def put(self, district: str, name: str, data: bytes, age: timedelta | None = None) -> Path:
+        """A district's upload, written on the SFTP server's side."""
+        path = self.sftp.drop_dir / district / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if age is not None:
+            stamp = (datetime.now(UTC) - age).timestamp()
+            os.utime(path, (stamp, stamp))
+        return path
+
+    def remote(self, district: str) -> list[str]:
+        folder = self.sftp.drop_dir / district
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+    def mail_to(self, district: str) -> list[EmailMessage]:
+        return [m for m in self.smtp.messages() if MANAGERS[district] in str(m["To"])]
+
+
 @pytest.fixture
-def local(db: str, prefect_api: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A district d1 with four students, a local drop, the outbox, and no settling wait."""
-    monkeypatch.setenv("DEMOGRAPHICS_DROP_URL", (tmp_path / "drop").as_uri())
-    monkeypatch.setenv("DEMOGRAPHICS_STAGING_DIR", str(tmp_path / "staging"))
-    monkeypatch.setenv("DEMOGRAPHICS_SETTLE_SECONDS", "0")
-    (tmp_path / "staging").mkdir()
-    (tmp_path / "drop" / "d1").mkdir(parents=True)
-    load(db, "d1", write_roster(tmp_path / "roster", STUDENTS, district="d1"))
+def product(
+    db: str,
+    prefect_api: Path,
+    sftp_server: SftpServer,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Product:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    env = {
+        "DROP_URL": sftp_server.url,
+        "SSH_KEY": str(sftp_server.client_key),
+        "KNOWN_HOSTS": str(sftp_server.known_hosts),
+        "STAGING_DIR": str(staging),
+        "SFTP_ATTEMPTS": "2",
+        "SFTP_BACKOFF_SECONDS": "0.05",
+        "SETTLE_SECONDS": "0",
+        "SMTP_URL": smtp_server.url(),
+        "SMTP_CA_FILE": str(smtp_server.certificates.ca_file),
+        "MAIL_FROM": "demographics-sync@service.example",
+        "MAIL_ATTEMPTS": "2",
+        "MAIL_RETRY_SECONDS": "0.05",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(f"DEMOGRAPHICS_{name}", value)
+    load(db, "d1", write_roster(tmp_path / "r1", STUDENTS, district="d1"))
+    load(db, "d2", write_roster(tmp_path / "r2", D2_STUDENTS, district="d2"))
     with psycopg.connect(db) as conn:
-        conn.execute(
-            "UPDATE core.district_settings SET notification_recipients = '{dm@d1.example.org}'"
-        )
-    return tmp_path / "drop" / "d1"
+        for code, manager in MANAGERS.items():
+            conn.execute(
+                "UPDATE core.district_settings SET notification_recipients = ARRAY[%s] "
+                "WHERE district_id = (SELECT district_id FROM core.districts WHERE code = %s)",
+                (manager, code),
+            )
+    return Product(db, sftp_server, smtp_server, staging)
 
 
-def test_smoke_nightly_local(local: Path, db: str, tmp_path: Path) -> None:
-    (local / "a.csv").write_bytes(_csv([line(ssid="0000000001", gender="F")]))
+def hold_ready(p: Product) -> int:
+    """d1 has values for all four students, then a file that changes all of them is held."""
+    first = csv_bytes([line(ssid=s[1], gender="F") for s in STUDENTS])
+    assert run_file(p.url, "d1", first, "first.csv", requested_by="test").status == "succeeded"
+    p.put("d1", "change.csv", csv_bytes([line(ssid=s[1], gender="M") for s in STUDENTS]))
+    assert nightly_sync(return_state=True).is_completed()
+    held = [r for r in runs(p.url) if r["status"] == "held"]
+    assert len(held) == 1 and held[0]["file_name"] == "change.csv"
+    return int(held[0]["run_id"])
+
+
+# --- the whole product -------------------------------------------------------------------
+
+
+def test_nightly_syncs_two_districts_emails_their_managers_and_empties_the_drop(
+    product: Product,
+) -> None:
+    p = product
+    first = csv_bytes([line(ssid="0000000001", gender="F", race="Asian")])
+    p.put("d1", "b-monday.csv", first, timedelta(minutes=10))
+    p.put("d1", "a-tuesday.CSV", csv_bytes([line(ssid="0000000002", gender="M")]), timedelta(0))
+    p.put("d2", "d2.csv", csv_bytes([line(email="eve@students.example.org", flags=",Y,,,,,")]))
+
     state = nightly_sync(return_state=True)
+
     assert state.is_completed(), state.message
-    assert values(db, "d1")["s1"]["gender"] == "F"
-    assert not (local / "a.csv").exists()
-    runs = _runs(db)
-    assert runs[0]["email_status"] == "written"
-    assert os.listdir(tmp_path / "staging") == []
+    assert values(p.url, "d1")["s1"]["race"] == "Asian"
+    assert values(p.url, "d1")["s2"]["gender"] == "M"
+    assert values(p.url, "d2")["s5"]["migrant"] is True
+    assert p.remote("d1") == [] and p.remote("d2") == []
+    assert list(p.staging.iterdir()) == []
+    recorded = runs(p.url)
+    assert [r["file_name"] for r in recorded if r["file_name"] != "d2.csv"] == [
+        "b-monday.csv",
+        "a-tuesday.CSV",
+    ]  # oldest first, whatever the names
+    assert all(r["status"] == "succeeded" for r in recorded)
+    assert all(r["email_status"] == "sent" and r["file_deleted_at"] for r in recorded)
+    assert len(p.mail_to("d1")) == 2 and len(p.mail_to("d2")) == 1
+    message = p.mail_to("d2")[0]
+    assert message["Subject"].startswith("d2: sync succeeded")
+    assert "1 rows, 1 updated" in message["Subject"]
+    assert message["From"] == "demographics-sync@service.example"
+    text, html, attachments = parts(message)
+    assert "succeeded" in text and "<table" in html and 'style="' in html
+    assert [a.get_filename() for a in attachments] == ["issues.csv"]
+    assert all(r.tls for r in p.smtp.received)  # STARTTLS, verified against the test CA
+
+
+def test_the_results_email_escapes_html_and_neutralises_formulas(product: Product) -> None:
+    p = product
+    set_limits(p.url, "d1", error=0.9)
+    p.put(
+        "d1",
+        "bad.csv",
+        csv_bytes(
+            [
+                line(ssid="0000000001", gender=XSS),
+                line(ssid="0000000002", gender=FORMULA.replace(",", " ")),
+                line(ssid="0000000003", gender="F"),
+            ]
+        ),
+    )
+
+    assert process_file("d1", "bad.csv", return_state=True).is_completed()
+
+    (message,) = p.mail_to("d1")
+    text, html, (attachment,) = parts(message)
+    assert XSS not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert XSS in text  # the plain-text part shows the value as it was
+    cells = [c for r in csv.reader(io.StringIO(attachment.get_content())) for c in r]
+    formula = FORMULA.replace(",", " ")
+    assert "'" + formula in cells and formula not in cells
+    assert XSS in cells  # not a formula: left as it is
+    assert values(p.url, "d1")["s3"]["gender"] == "F"  # the valid row was applied
+
+
+def test_preview_emails_the_report_and_keeps_the_file(product: Product) -> None:
+    p = product
+    p.put("d1", "look.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+
+    result = process_file("d1", "look.csv", mode="preview")
+
+    assert result["status"] == "preview" and result["file"] == "kept"
+    assert p.remote("d1") == ["look.csv"] and runs(p.url) == [] and values(p.url, "d1") == {}
+    assert p.mail_to("d1")[0]["Subject"].startswith("d1: preview")
+
+
+# --- the SFTP drop -------------------------------------------------------------------------
+
+
+def test_an_unknown_host_key_is_refused_and_nothing_is_taken(product: Product) -> None:
+    p = product
+    p.put("d1", "a.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+    p.sftp.write_known_hosts(asyncssh.generate_private_key("ssh-ed25519"))
+
+    state = sync_district_drop("d1", return_state=True)
+
+    assert state.is_failed()
+    assert "host key" in (state.message or "")
+    assert p.remote("d1") == ["a.csv"] and runs(p.url) == []
+
+
+def test_a_changed_host_key_fails_the_nightly_run_naming_the_districts(product: Product) -> None:
+    p = product
+    p.put("d1", "a.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+    p.sftp.restart(new_host_key=True)
+
+    state = nightly_sync(return_state=True)
+
+    assert state.is_failed()
+    assert "2 of 2 districts failed: d1, d2" in (state.message or "")
+    assert p.remote("d1") == ["a.csv"] and runs(p.url) == [] and values(p.url, "d1") == {}
+
+
+def test_sftp_dropping_mid_transfer_keeps_the_file_and_the_staging_folder_empty(
+    product: Product,
+) -> None:
+    p = product
+    p.put("d1", "a.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+    p.sftp.drop_transfers(10)  # every try is cut off after its first chunk
+
+    state = process_file("d1", "a.csv", return_state=True)
+
+    assert state.is_failed()
+    assert "could not be reached after 2 tries" in (state.message or "")
+    assert p.remote("d1") == ["a.csv"] and list(p.staging.iterdir()) == []
+    assert runs(p.url) == []
+
+    p.sftp.drop_transfers(1)  # once: the retry finishes the job
+    assert process_file("d1", "a.csv", return_state=True).is_completed()
+    assert p.remote("d1") == [] and values(p.url, "d1")["s1"]["gender"] == "F"
+
+
+def test_a_settling_file_is_left_for_the_next_run(
+    product: Product, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = product
+    monkeypatch.setenv("DEMOGRAPHICS_SETTLE_SECONDS", "120")
+    p.put("d1", "uploading.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+    p.put("d1", "done.csv", csv_bytes([line(ssid="0000000002", gender="M")]), timedelta(minutes=5))
+
+    assert nightly_sync(return_state=True).is_completed()
+
+    assert p.remote("d1") == ["uploading.csv"]
+    assert [r["file_name"] for r in runs(p.url)] == ["done.csv"]
+
+
+def test_files_past_retention_are_deleted_their_hold_discarded_and_managers_told(
+    product: Product,
+) -> None:
+    p = product
+    held = hold_ready(p)
+    stamp = (datetime.now(UTC) - timedelta(days=8)).timestamp()
+    os.utime(p.sftp.drop_dir / "d1" / "change.csv", (stamp, stamp))
+    p.put("d1", "old.csv", csv_bytes([line(ssid="0000000001", gender="M")]), timedelta(days=9))
+
+    assert nightly_sync(return_state=True).is_completed()
+
+    assert p.remote("d1") == []
+    (run,) = [r for r in runs(p.url) if r["run_id"] == held]
+    assert run["resolution"] == "discarded" and run["resolved_by"].startswith("prefect:")
+    notice = p.mail_to("d1")[-1]
+    assert "2 old files deleted" in notice["Subject"]
+    body = str(notice.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    assert "old.csv" in body and "change.csv" in body and "7 days" in body
+    assert values(p.url, "d1")["s1"]["gender"] == "F"  # neither file was applied
+
+
+def test_hostile_names_are_refused_and_never_touched(product: Product) -> None:
+    p = product
+    for name in ("../../etc/passwd.csv", "a/b.csv", "..csv", "-rf.csv", ""):
+        state = process_file("d1", name, return_state=True)
+        assert state.is_failed() and "refusing the file" in (state.message or ""), name
+    assert process_file("../d2", "a.csv", return_state=True).is_failed()
+    p.put("d1", "back\\slash.csv", b"x")
+    p.put("d1", "-rf.csv", b"x")
+    target = p.put("d1", "target.txt", b"x")
+    (p.sftp.drop_dir / "d1" / "link.csv").symlink_to(target)
+
+    assert nightly_sync(return_state=True).is_completed()
+
+    assert p.remote("d1") == ["-rf.csv", "back\\slash.csv", "link.csv", "target.txt"]
+    assert runs(p.url) == []
+    notice = p.mail_to("d1")[-1]
+    assert "3 entries in the drop were not taken" in notice["Subject"]
+    body = str(notice.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    assert "link.csv: a link" in body and "-rf.csv: unsafe name" in body
+
+
+def test_a_file_over_the_size_limit_is_rejected_unread(
+    product: Product, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = product
+    monkeypatch.setenv("DEMOGRAPHICS_MAX_FILE_MB", "0.0001")  # about 100 bytes
+    p.put("d1", "big.csv", csv_bytes([line(ssid=f"00000000{i:02d}", gender="F") for i in range(9)]))
+
+    assert nightly_sync(return_state=True).is_completed()
+
+    (run,) = runs(p.url)
+    assert run["status"] == "rejected" and "over the limit" in run["message"]
+    assert run["rows"] is None and run["file_deleted_at"] is not None
+    assert p.remote("d1") == [] and values(p.url, "d1") == {}
+    assert "big.csv rejected: too large" in p.mail_to("d1")[-1]["Subject"]
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+def test_an_unreachable_database_keeps_the_file_and_says_why(
+    product: Product, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = product
+    p.put("d1", "a.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+    monkeypatch.setenv("DEMOGRAPHICS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+
+    state = process_file("d1", "a.csv", return_state=True)
+
+    assert state.is_failed()
+    assert "cannot connect to the database at postgresql://nobody@127.0.0.1:1" in (
+        state.message or ""
+    )
+    assert p.remote("d1") == ["a.csv"] and p.smtp.received == []
+
+
+def test_smtp_down_still_commits_the_sync_and_records_the_email_failure(
+    product: Product,
+) -> None:
+    p = product
+    p.put("d1", "a.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+    p.smtp.stop()
+
+    result = process_file("d1", "a.csv")
+
+    assert result["status"] == "succeeded" and result["file"] == "deleted"
+    assert values(p.url, "d1")["s1"]["gender"] == "F"
+    (run,) = runs(p.url)
+    assert run["email_status"] == "failed" and "127.0.0.1" in run["email_detail"]
+    assert p.remote("d1") == []
+
+
+def test_a_failed_apply_keeps_the_file_and_one_district_never_stops_another(
+    product: Product,
+) -> None:
+    p = product
+    with psycopg.connect(p.url) as conn:  # d2's writes fail inside the transaction
+        conn.execute(
+            """CREATE FUNCTION pg_temp_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                 IF NEW.student_id IN (SELECT student_id FROM core.students s
+                     JOIN core.districts d USING (district_id) WHERE d.code = 'd2') THEN
+                   RAISE EXCEPTION 'boom';
+                 END IF;
+                 RETURN NEW;
+               END $$;
+               CREATE TRIGGER fail_d2 BEFORE INSERT OR UPDATE ON core.student_demographics
+               FOR EACH ROW EXECUTE FUNCTION pg_temp_fail();"""
+        )
+    try:
+        p.put("d1", "a.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+        p.put("d2", "first.csv", csv_bytes([line(ssid="0000000005", gender="F")]))
+        p.put("d2", "second.csv", csv_bytes([line(ssid="0000000006", gender="F")]))
+
+        state = nightly_sync(return_state=True)
+    finally:
+        with psycopg.connect(p.url) as conn:
+            conn.execute("DROP TRIGGER fail_d2 ON core.student_demographics")
+            conn.execute("DROP FUNCTION pg_temp_fail()")
+
+    assert state.is_failed() and "1 of 2 districts failed: d2" in (state.message or "")
+    assert values(p.url, "d1")["s1"]["gender"] == "F" and p.remote("d1") == []
+    assert values(p.url, "d2") == {}
+    assert p.remote("d2") == ["first.csv", "second.csv"]  # the later file waits too
+    failed = [r for r in runs(p.url) if r["status"] == "failed"]
+    assert [r["file_name"] for r in failed] == ["first.csv"]
+    assert failed[0]["email_status"] == "sent"
+    assert "sync failed" in p.mail_to("d2")[0]["Subject"]
+
+
+def test_a_crash_between_commit_and_delete_never_applies_the_file_twice(
+    product: Product,
+) -> None:
+    p = product
+    data = csv_bytes([line(ssid="0000000001", gender="F")])
+    # The state a crash leaves: the sync committed, the file still in the drop.
+    first = run_file(p.url, "d1", data, "a.csv", requested_by="test")
+    p.put("d1", "a.csv", data)
+    changes = history_rows(p.url)
+
+    assert nightly_sync(return_state=True).is_completed()
+
+    second = runs(p.url)[-1]
+    assert second["same_as_run_id"] == first.run_id and second["values_changed"] == 0
+    assert history_rows(p.url) == changes
+    assert p.remote("d1") == [] and second["file_deleted_at"] is not None
+
+
+# --- held syncs ----------------------------------------------------------------------------
+
+
+def test_a_held_sync_waits_then_is_applied_when_approved(product: Product) -> None:
+    p = product
+    held = hold_ready(p)
+    assert p.remote("d1") == ["change.csv"]
+    hold_mail = p.mail_to("d1")[-1]
+    assert "held for approval" in hold_mail["Subject"]
+    text = str(hold_mail.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    assert "approve-held-sync" in text and str(held) in text
+
+    assert nightly_sync(return_state=True).is_completed()  # the next night: still waiting
+    assert [r["status"] for r in runs(p.url)] == ["succeeded", "held"]
+
+    result = approve_held_sync(held, approved_by=MANAGERS["d1"])
+
+    assert result["status"] == "succeeded" and result["file"] == "deleted"
+    assert {v["gender"] for v in values(p.url, "d1").values()} == {"M"}
+    recorded = {r["run_id"]: r for r in runs(p.url)}
+    assert recorded[held]["resolution"] == "approved"
+    assert recorded[held]["resolved_by"] == MANAGERS["d1"]
+    assert recorded[result["run_id"]]["requested_by"] == MANAGERS["d1"]
+    assert p.remote("d1") == []
+    assert "sync succeeded" in p.mail_to("d1")[-1]["Subject"]
+
+
+def test_a_held_sync_discarded_changes_nothing_and_deletes_the_file(product: Product) -> None:
+    p = product
+    held = hold_ready(p)
+
+    result = discard_held_sync(held, discarded_by=MANAGERS["d1"])
+
+    assert result["file"] == "deleted" and p.remote("d1") == []
+    assert {v["gender"] for v in values(p.url, "d1").values()} == {"F"}
+    run = next(r for r in runs(p.url) if r["run_id"] == held)
+    assert run["resolution"] == "discarded" and run["resolved_by"] == MANAGERS["d1"]
+    assert f"held sync {held} discarded" in p.mail_to("d1")[-1]["Subject"]
+    again = approve_held_sync(held, approved_by=MANAGERS["d1"], return_state=True)
+    assert again.is_failed() and "already discarded" in (again.message or "")
+
+
+def test_approving_refuses_a_file_replaced_after_the_hold(product: Product) -> None:
+    p = product
+    held = hold_ready(p)
+    p.put("d1", "change.csv", csv_bytes([line(ssid="0000000001", gender="M")]))
+
+    state = approve_held_sync(held, approved_by=MANAGERS["d1"], return_state=True)
+
+    assert state.is_failed() and "replaced after the hold" in (state.message or "")
+    assert {v["gender"] for v in values(p.url, "d1").values()} == {"F"}
+    assert next(r for r in runs(p.url) if r["run_id"] == held)["resolution"] is None
+
+
+# --- privacy -------------------------------------------------------------------------------
+
+
+def _stored_files(folders: list[Path]) -> list[Path]:
+    return [f for folder in folders for f in folder.rglob("*") if f.is_file()]
+
+
+def test_nothing_prefect_stores_holds_a_student_value(
+    product: Product, prefect_api: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = product
+    set_limits(p.url, "d1", error=0.9)
+    marker = "Zqxv-ethnicity-marker"
+    rows = [
+        line(ssid="0000000001", email="ana@students.example.org", gender="F", ethnicity=marker),
+        line(ssid="0000000002", gender="Q-invalid-marker"),
+        line(email="nobody-known@students.example.org", gender="F"),
+        line(ssid="1.23457E+09", gender="M"),
+    ]
+    p.put("d1", "private.csv", csv_bytes(rows))
+    p.put("d2", "d2.csv", csv_bytes([line(ssid="0000000005", email="eve@students.example.org")]))
+    assert nightly_sync(return_state=True).is_completed()
+    held = hold_ready_again(p)
+    assert approve_held_sync(held, approved_by=MANAGERS["d1"], return_state=True).is_completed()
+    monkeypatch.setenv("DEMOGRAPHICS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    p.put("d1", "later.csv", csv_bytes([line(ssid="0000000003", gender="F")]))
+    assert process_file("d1", "later.csv", return_state=True).is_failed()
+
+    secrets = [marker, "Q-invalid-marker", "nobody-known@students.example.org", "1.23457E+09"]
+    secrets += [s for _sid, ssid, email in STUDENTS + D2_STUDENTS for s in (ssid, email)]
+    from conftest import PREFECT_HOME
+
+    files = _stored_files([prefect_api, PREFECT_HOME])
+    assert any(f.suffix == ".db" for f in files)  # the API's database is among them
+    found = [
+        (f.name, s, data[max(0, data.index(s.encode()) - 80) : data.index(s.encode()) + 40])
+        for f in files
+        for data in [f.read_bytes()]
+        for s in secrets
+        if s.encode() in data
+    ]
+    assert found == []
+    assert any(marker in str(m) for m in p.smtp.messages()) is False  # valid values stay out
+    assert any("Q-invalid-marker" in str(m.get_body(("plain",))) for m in p.smtp.messages())
+
+
+def hold_ready_again(p: Product) -> int:
+    """A held file for d1 after the first files: every stored gender changes."""
+    p.put("d1", "flip.csv", csv_bytes([line(ssid=s[1], gender="M") for s in STUDENTS]))
+    assert nightly_sync(return_state=True).is_completed()
+    return int([r for r in runs(p.url) if r["status"] == "held"][-1]["run_id"])
