@@ -1,0 +1,161 @@
+-- The reporting view and every grant around it (access-model.md, "The reporting view").
+-- Re-applied whenever this text changes (the `_always` suffix), and by `apply_access_views`;
+-- every statement is idempotent, and the view is replaced in place (never dropped), so people
+-- querying it see the old or the new definition, never an error.
+--
+-- Requirements on the role that applies this file (the application's database user):
+-- * CREATEROLE, to create the NOLOGIN group role below once, and later the login roles of
+--   `demographics access sql-login` (PostgreSQL 16+: a CREATEROLE role gets ADMIN OPTION on
+--   the roles it creates, which is what granting the group and dropping a login need).
+-- * Ownership of the database (or superuser), for the database-wide revokes at the end; a
+--   non-owner gets a NOTICE and the operator runs those three statements by hand.
+--
+-- How identity and scope work:
+-- * The caller is `current_user`, looked up in core.sql_logins. No GUC, no session variable:
+--   `SET app.user = ...` changes nothing. Login roles are members of nothing but the group
+--   role, and of that WITH INHERIT TRUE, SET FALSE: they use its privileges directly and
+--   cannot `SET ROLE` to it or to anyone else. (Were it possible, the group role maps to no
+--   person, so it would see no rows.)
+-- * The view runs with its owner's rights (security_invoker = false): callers hold no right
+--   on any base table. Row-level security on the base tables would add nothing: the view's
+--   owner owns the tables and so bypasses it; the scope is the view's own WHERE.
+-- * security_barrier = true: the view's own conditions run before any condition of the
+--   caller that is not LEAKPROOF (only a superuser can mark a function LEAKPROOF), so a
+--   function of the caller's in WHERE only ever sees rows, and masked values, of their scope.
+-- * Scope and masking are read from the roster and core.teacher_access at query time: a roster
+--   reload or a teacher-field change applies to the next query, with no re-sync.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'demographics_reporting') THEN
+        CREATE ROLE demographics_reporting NOLOGIN NOINHERIT;
+    ELSIF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'demographics_reporting'
+                  AND (rolcanlogin OR rolsuper OR rolcreaterole OR rolcreatedb
+                       OR rolbypassrls)) THEN
+        RAISE EXCEPTION 'the role demographics_reporting exists with more than NOLOGIN';
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;  -- created meanwhile by another database's upgrade on the same server
+END
+$$;
+
+CREATE SCHEMA IF NOT EXISTS reporting;
+
+CREATE OR REPLACE VIEW reporting.student_demographics
+    WITH (security_barrier = true, security_invoker = false) AS
+WITH caller AS (
+    -- The one person behind current_user, if their login is open and they are active,
+    -- enabled staff of an active district; with their scope and the fields they may see.
+    SELECT sf.staff_id,
+           sf.district_id,
+           CASE
+               WHEN sf.role = 'administrator' AND sf.district_wide THEN 'district'
+               WHEN sf.role = 'administrator' THEN 'school'
+               WHEN sf.role = 'teacher' THEN 'teacher'
+           END AS scope,
+           CASE
+               WHEN sf.role = 'administrator' THEN
+                   ARRAY['gender', 'ethnicity', 'race', 'english_learner', 'migrant',
+                         'gifted_learner', 'special_ed', 'sed', 'homeless', 'foster']::text[]
+               WHEN sf.role = 'teacher' THEN coalesce(ta.fields, '{}'::text[])
+               ELSE '{}'::text[]
+           END AS fields
+    FROM core.sql_logins l
+    JOIN core.staff sf ON sf.staff_id = l.staff_id AND sf.district_id = l.district_id
+    JOIN core.districts dd ON dd.district_id = l.district_id
+    LEFT JOIN core.teacher_access ta ON ta.district_id = l.district_id
+    WHERE l.role_name = current_user::text
+      AND l.revoked_at IS NULL
+      AND sf.active AND sf.enabled AND dd.active
+)
+SELECT d.code AS district_code,
+       sc.sourced_id AS school_sourced_id,
+       st.sourced_id AS student_sourced_id,
+       st.ssid,
+       st.email,
+       st.given_name,
+       st.family_name,
+       CASE WHEN 'gender' = ANY (c.fields) THEN v.gender END AS gender,
+       CASE WHEN 'ethnicity' = ANY (c.fields) THEN v.ethnicity END AS ethnicity,
+       CASE WHEN 'race' = ANY (c.fields) THEN v.race END AS race,
+       CASE WHEN 'english_learner' = ANY (c.fields) THEN v.english_learner END
+           AS english_learner,
+       CASE WHEN 'migrant' = ANY (c.fields) THEN v.migrant END AS migrant,
+       CASE WHEN 'gifted_learner' = ANY (c.fields) THEN v.gifted_learner END AS gifted_learner,
+       CASE WHEN 'special_ed' = ANY (c.fields) THEN v.special_ed END AS special_ed,
+       CASE WHEN 'sed' = ANY (c.fields) THEN v.sed END AS sed,
+       CASE WHEN 'homeless' = ANY (c.fields) THEN v.homeless END AS homeless,
+       CASE WHEN 'foster' = ANY (c.fields) THEN v.foster END AS foster,
+       v.updated_at AS demographics_updated_at
+FROM caller c
+JOIN core.districts d ON d.district_id = c.district_id
+JOIN core.students st ON st.district_id = c.district_id AND st.active
+LEFT JOIN core.schools sc ON sc.school_id = st.school_id
+LEFT JOIN core.student_demographics v ON v.student_id = st.student_id
+WHERE cardinality(c.fields) > 0  -- a teacher with no field enabled sees no rows
+  AND (
+      c.scope = 'district'
+      OR (c.scope = 'school' AND EXISTS (
+          SELECT 1
+          FROM core.staff_schools ss
+          JOIN core.schools s ON s.school_id = ss.school_id AND s.active
+          WHERE ss.staff_id = c.staff_id AND s.school_id = st.school_id))
+      OR (c.scope = 'teacher' AND EXISTS (
+          SELECT 1
+          FROM core.enrollments te
+          JOIN core.classes cl ON cl.class_id = te.class_id AND cl.active
+          JOIN core.enrollments se ON se.class_id = te.class_id
+          WHERE te.staff_id = c.staff_id AND te.role = 'teacher' AND te.active
+            AND se.student_id = st.student_id AND se.role = 'student' AND se.active))
+  );
+
+COMMENT ON VIEW reporting.student_demographics IS
+    'Students the caller (current_user, a login of demographics access sql-login) may see; '
+    'demographic columns they may not see read as NULL.';
+
+-- The group: USAGE on reporting and SELECT on the view, nothing else.
+REVOKE ALL ON SCHEMA reporting FROM PUBLIC;
+GRANT USAGE ON SCHEMA reporting TO demographics_reporting;
+REVOKE ALL ON reporting.student_demographics FROM PUBLIC;
+GRANT SELECT ON reporting.student_demographics TO demographics_reporting;
+
+-- The store is the application's alone.
+REVOKE ALL ON SCHEMA core FROM PUBLIC, demographics_reporting;
+REVOKE ALL ON ALL TABLES IN SCHEMA core FROM PUBLIC, demographics_reporting;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA core FROM PUBLIC, demographics_reporting;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA core FROM PUBLIC, demographics_reporting;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA reporting FROM PUBLIC, demographics_reporting;
+-- Functions the application's user creates from now on (in this database) are not callable
+-- by PUBLIC. (Global on purpose: per-schema default privileges cannot revoke the global ones.)
+ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+
+-- Database-wide: no CREATE in schema public, and no TEMP for anyone but the owner.
+--
+-- TEMP is PostgreSQL's default for PUBLIC, and it is what lets a caller define a function in
+-- pg_temp. We revoke it: "no CREATE anywhere" holds without exception, a caller cannot fill
+-- temporary files, and the barrier is then a second line of defence rather than the only one.
+-- The barrier still holds with TEMP (the tests grant TEMP to one login and prove it), so a
+-- server where this revoke could not run is not open. The application itself keeps TEMP
+-- (its roster load uses temporary tables): it is the owner, or a superuser, or the revoke is
+-- skipped. CONNECT stays granted to PUBLIC (a server-wide policy is the operator's), and is
+-- granted to the group as well, so revoking CONNECT from PUBLIC later keeps logins working.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper)
+       OR EXISTS (SELECT 1 FROM pg_database
+                  WHERE datname = current_database()
+                    AND pg_has_role(current_user, datdba, 'USAGE')) THEN
+        EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO demographics_reporting',
+                       current_database());
+        IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public') THEN
+            REVOKE ALL ON SCHEMA public FROM PUBLIC;
+        END IF;
+    ELSE
+        RAISE NOTICE 'not the database owner: run as its owner: REVOKE TEMPORARY ON DATABASE '
+                     '% FROM PUBLIC; GRANT CONNECT ON DATABASE % TO demographics_reporting; '
+                     'REVOKE ALL ON SCHEMA public FROM PUBLIC;',
+                     current_database(), current_database();
+    END IF;
+END
+$$;

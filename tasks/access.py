@@ -1,0 +1,693 @@
+"""Who may do what (access-model.md): data managers, teacher fields, SQL logins, the view.
+
+The reporting view itself and its grants are SQL (`sql/900_reporting_always.sql`); this module
+records who may act, creates the PostgreSQL login roles that the view maps to roster users,
+and re-applies the view. Every act is written to `core.access_acts` with who and when.
+
+Messages never carry a student value, a password, or an email the caller typed that is not
+known to be staff's (an unknown email could be a student's): they name the district instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors, sql
+from psycopg.types.json import Jsonb
+
+from schemas.columns import DEMOGRAPHIC_COLUMNS
+from tasks.db import MIGRATION_LOCK, migrations, pending
+from tasks.store import get_district
+
+FIELDS: tuple[str, ...] = DEMOGRAPHIC_COLUMNS  # the 10 fields a district may open to teachers
+GROUP_ROLE = "demographics_reporting"  # NOLOGIN; USAGE on reporting, SELECT on the view
+ROLE_PREFIX = "ds_"
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
+PASSWORD_LENGTH = (16, 1000)
+ACCESS_LOCK = 0x41434353  # "ACCS": first key of the per-person lock for logins
+FIELDS_LOCK = 0x54464C44  # "TFLD": first key of the per-district teacher-fields lock
+ACTS = (
+    "grant_manager",
+    "revoke_manager",
+    "teacher_fields",
+    "sql_login_create",
+    "sql_login_rotate",
+    "sql_login_revoke",
+    "approve_held_sync",
+    "discard_held_sync",
+)
+
+
+class AccessError(Exception):
+    """An access command cannot do what was asked; the message is safe to print."""
+
+
+class AccessRefused(AccessError):
+    """The act is not allowed (or would take over something that is not ours)."""
+
+
+class NotAManager(AccessRefused):
+    """The person is not a data manager of the district."""
+
+
+class UnknownPerson(AccessError):
+    """No active staff member (or no open SQL login) matches."""
+
+
+class InvalidField(AccessError):
+    """A teacher field name that is not one of the 10 demographic fields."""
+
+
+class InvalidPassword(AccessError):
+    """A supplied password that cannot be used (too short, not printable ASCII)."""
+
+
+class AccessViewsBusy(AccessError):
+    """The view could not be replaced in time: a long query holds it."""
+
+
+@dataclass(frozen=True)
+class Person:
+    """A staff member of a district, as the roster has them."""
+
+    staff_id: int
+    district_id: int
+    district_code: str
+    sourced_id: str
+    email: str
+    role: str
+    district_wide: bool
+
+    @property
+    def scope(self) -> str:
+        """What the roster role gives in the reporting view (access-model.md)."""
+        if self.role == "administrator":
+            return "district admin" if self.district_wide else "school admin"
+        return "teacher" if self.role == "teacher" else f"{self.role} (no rows)"
+
+
+@dataclass(frozen=True)
+class Manager:
+    email: str
+    sourced_id: str
+    scope: str
+    granted_by: str
+    granted_at: datetime
+
+
+@dataclass(frozen=True)
+class TeacherFields:
+    district_code: str
+    fields: tuple[str, ...]
+    changed_by: str | None
+    changed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SqlLogin:
+    """A created or rotated login. `password` is the generated one, None when supplied."""
+
+    role: str
+    person: Person
+    created: bool
+    password: str | None
+
+
+@dataclass(frozen=True)
+class RevokedLogin:
+    role: str
+    dropped: bool  # False: the role is kept, NOLOGIN and out of the group (see the message)
+
+
+# --- people and acts ----------------------------------------------------------------------
+
+_PERSON = """
+    SELECT sf.staff_id, sf.district_id, d.code, sf.sourced_id, sf.email, sf.role,
+           sf.district_wide
+    FROM core.staff sf JOIN core.districts d USING (district_id)
+"""
+
+
+def find_staff(conn: psycopg.Connection, district_code: str, email: str) -> Person:
+    """The active, enabled staff member of the district with this email (case ignored)."""
+    district = get_district(conn, district_code)
+    rows = conn.execute(
+        _PERSON + " WHERE sf.district_id = %s AND lower(sf.email) = lower(%s) "
+        "AND sf.active AND sf.enabled",
+        (district.district_id, email.strip()),
+    ).fetchall()
+    if not rows:
+        raise UnknownPerson(
+            f"no active staff member of district {district.code} has that email "
+            "(students and people of other districts cannot be given access)"
+        )
+    if len(rows) > 1:
+        raise UnknownPerson(
+            f"{len(rows)} active staff records of district {district.code} share that email; "
+            "fix the roster so that each person has their own"
+        )
+    return Person(*rows[0])
+
+
+def record_act(
+    conn: psycopg.Connection,
+    district_id: int,
+    act: str,
+    actor: str,
+    *,
+    actor_staff_id: int | None = None,
+    subject_staff_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append one access act (who, when, what) to `core.access_acts`; never a password.
+
+    For the approve/discard flows: `record_act(conn, district_id, "approve_held_sync",
+    email, actor_staff_id=..., detail={"run_id": run_id})`.
+    """
+    if act not in ACTS:
+        raise ValueError(f"unknown access act {act!r}")
+    conn.execute(
+        """INSERT INTO core.access_acts
+               (district_id, act, actor, actor_staff_id, subject_staff_id, detail)
+           VALUES (%s, %s, %s, %s, %s, %s)""",
+        (district_id, act, actor, actor_staff_id, subject_staff_id, Jsonb(detail or {})),
+    )
+
+
+# --- data managers ------------------------------------------------------------------------
+
+
+def grant_manager(
+    conn: psycopg.Connection, district_code: str, email: str, granted_by: str
+) -> bool:
+    """Make an active staff member a data manager (an operator's act). False: already one."""
+    with conn.transaction():
+        person = find_staff(conn, district_code, email)
+        row = conn.execute(
+            """INSERT INTO core.data_managers (district_id, staff_id, granted_by)
+               VALUES (%s, %s, %s)
+               ON CONFLICT (district_id, staff_id) WHERE revoked_at IS NULL DO NOTHING
+               RETURNING grant_id""",
+            (person.district_id, person.staff_id, granted_by),
+        ).fetchone()
+        if row is None:
+            return False
+        record_act(
+            conn, person.district_id, "grant_manager", granted_by, subject_staff_id=person.staff_id
+        )
+    return True
+
+
+def revoke_manager(
+    conn: psycopg.Connection, district_code: str, email: str, revoked_by: str
+) -> str:
+    """Close a data manager's grant (kept as history); returns their email as on record.
+
+    Works for someone who has left the roster too: a grant must be revocable after the fact.
+    """
+    with conn.transaction():
+        district = get_district(conn, district_code)
+        row = conn.execute(
+            """UPDATE core.data_managers m SET revoked_by = %s, revoked_at = now()
+               FROM core.staff sf
+               WHERE sf.staff_id = m.staff_id AND m.district_id = %s
+                 AND m.revoked_at IS NULL AND lower(sf.email) = lower(%s)
+               RETURNING m.staff_id, sf.email""",
+            (revoked_by, district.district_id, email.strip()),
+        ).fetchall()
+        if not row:
+            raise NotAManager(f"that person is not a data manager of district {district.code}")
+        for staff_id, _email in row:
+            record_act(
+                conn, district.district_id, "revoke_manager", revoked_by, subject_staff_id=staff_id
+            )
+    return str(row[0][1])
+
+
+def list_managers(conn: psycopg.Connection, district_code: str) -> list[Manager]:
+    """The district's current data managers, earliest grant first."""
+    district = get_district(conn, district_code)
+    rows = conn.execute(
+        """SELECT sf.email, sf.sourced_id, sf.role, sf.district_wide, sf.active AND sf.enabled,
+                  m.granted_by, m.granted_at
+           FROM core.data_managers m JOIN core.staff sf USING (staff_id)
+           WHERE m.district_id = %s AND m.revoked_at IS NULL
+           ORDER BY m.granted_at, m.grant_id""",
+        (district.district_id,),
+    ).fetchall()
+    managers = []
+    for email, sourced_id, role, wide, active, by, at in rows:
+        scope = Person(0, 0, "", sourced_id, email, role, wide).scope
+        managers.append(
+            Manager(email, sourced_id, scope if active else "inactive: no rights", by, at)
+        )
+    return managers
+
+
+def _manager(conn: psycopg.Connection, district_code: str, email: str) -> tuple[int, str] | None:
+    """(staff_id, email as on record) of an active data manager, or None."""
+    row = conn.execute(
+        """SELECT m.staff_id, sf.email
+           FROM core.data_managers m
+           JOIN core.staff sf USING (staff_id)
+           JOIN core.districts d ON d.district_id = m.district_id
+           WHERE d.code = %s AND d.active AND m.revoked_at IS NULL
+             AND sf.active AND sf.enabled AND lower(sf.email) = lower(%s)""",
+        (district_code, email.strip()),
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _not_a_manager(district_code: str) -> NotAManager:
+    return NotAManager(
+        f"that person is not a data manager of district {district_code}; only a data "
+        "manager may do this (the operator grants it: demographics access grant-manager)"
+    )
+
+
+def require_manager(conn: psycopg.Connection, district_code: str, email: str) -> None:
+    """Refuse unless `email` is an active data manager of the district (approve, discard...)."""
+    if _manager(conn, district_code, email) is None:
+        raise _not_a_manager(district_code)
+
+
+def record_manager_act(
+    conn: psycopg.Connection,
+    district_code: str,
+    email: str,
+    act: str,
+    detail: dict[str, Any] | None = None,
+) -> str:
+    """Check that `email` is a data manager and record their act; returns the email as on
+    record (for `resolved_by`). Call it in the transaction that does the act, e.g. approving
+    a held run: `record_manager_act(conn, code, approved_by, "approve_held_sync",
+    {"run_id": run_id})`; a refusal (NotAManager) then rolls the act back with it."""
+    with conn.transaction():
+        district = get_district(conn, district_code)
+        manager = _manager(conn, district.code, email)
+        if manager is None:
+            raise _not_a_manager(district.code)
+        record_act(
+            conn, district.district_id, act, manager[1], actor_staff_id=manager[0], detail=detail
+        )
+    return manager[1]
+
+
+def manager_emails(conn: psycopg.Connection, district_id: int) -> tuple[str, ...]:
+    """The default recipients of results emails: active managers who are active staff."""
+    rows = conn.execute(
+        """SELECT DISTINCT ON (lower(sf.email)) sf.email, m.granted_at
+           FROM core.data_managers m JOIN core.staff sf USING (staff_id)
+           WHERE m.district_id = %s AND m.revoked_at IS NULL
+             AND sf.active AND sf.enabled AND sf.email IS NOT NULL
+           ORDER BY lower(sf.email), m.granted_at""",
+        (district_id,),
+    ).fetchall()
+    return tuple(email for email, _at in sorted(rows, key=lambda r: (r[1], r[0])))
+
+
+# --- teacher fields -----------------------------------------------------------------------
+
+
+def parse_fields(names: Iterable[str]) -> tuple[str, ...]:
+    """Field names as given (any case, duplicates allowed) in the canonical order."""
+    wanted = {n.strip().casefold() for n in names if n.strip()}
+    unknown = sorted(wanted - set(FIELDS))
+    if unknown:
+        shown = ", ".join(re.sub(r"[^A-Za-z0-9_ -]", "?", u)[:40] for u in unknown[:5])
+        raise InvalidField(f"not a demographic field: {shown}; the fields are {', '.join(FIELDS)}")
+    return tuple(f for f in FIELDS if f in wanted)
+
+
+def teacher_fields(conn: psycopg.Connection, district_code: str) -> TeacherFields:
+    """The fields the district's teachers see now (none until a data manager opens some)."""
+    district = get_district(conn, district_code)
+    row = conn.execute(
+        "SELECT fields, changed_by, changed_at FROM core.teacher_access WHERE district_id = %s",
+        (district.district_id,),
+    ).fetchone()
+    if row is None:
+        return TeacherFields(district.code, (), None, None)
+    return TeacherFields(district.code, parse_fields(row[0]), row[1], row[2])
+
+
+def set_teacher_fields(
+    conn: psycopg.Connection, district_code: str, fields: Iterable[str], changed_by: str
+) -> TeacherFields:
+    """Set the fields teachers see; only a data manager may. Applies to the next query."""
+    chosen = parse_fields(fields)
+    with conn.transaction():
+        district = get_district(conn, district_code)
+        manager = _manager(conn, district.code, changed_by)
+        if manager is None:
+            raise _not_a_manager(district.code)
+        staff_id, recorded = manager
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s::int)", (FIELDS_LOCK, district.district_id)
+        )
+        before = teacher_fields(conn, district.code).fields
+        conn.execute(
+            """INSERT INTO core.teacher_access (district_id, fields, changed_by)
+               VALUES (%s, %s, %s)
+               ON CONFLICT (district_id) DO UPDATE
+               SET fields = excluded.fields, changed_by = excluded.changed_by,
+                   changed_at = now()""",
+            (district.district_id, list(chosen), recorded),
+        )
+        record_act(
+            conn,
+            district.district_id,
+            "teacher_fields",
+            recorded,
+            actor_staff_id=staff_id,
+            detail={"from": list(before), "to": list(chosen)},
+        )
+        return teacher_fields(conn, district.code)
+
+
+# --- SQL logins ---------------------------------------------------------------------------
+
+
+def role_name(database: str, district_code: str, sourced_id: str) -> str:
+    """The login role of a person: `ds_<district>_<sourcedId>_<hash>`, at most 63 characters.
+
+    Lower-case letters, digits and `_` only (so it needs no quoting in psql); the hash of the
+    database, district and exact sourcedId keeps two people (or two databases on one server:
+    roles are server-wide) apart when cleaning or shortening would make their names alike.
+    """
+    digest = hashlib.sha256(f"{database}\0{district_code}\0{sourced_id}".encode()).hexdigest()[:8]
+
+    def clean(value: str) -> str:
+        return re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")
+
+    room = 63 - len(ROLE_PREFIX) - len(digest) - 2  # two separators
+    code = clean(district_code)[:20].strip("_")
+    person = clean(sourced_id)[: max(room - len(code), 0)].strip("_")
+    return ROLE_PREFIX + "_".join(p for p in (code, person, digest) if p)
+
+
+def generate_password() -> str:
+    """32 URL-safe characters (192 bits) from the system's secure source."""
+    return secrets.token_urlsafe(24)
+
+
+def check_password(password: str) -> None:
+    """Printable ASCII of a sane length: then SASLprep leaves it as it is, and our verifier
+    matches what every client computes."""
+    low, high = PASSWORD_LENGTH
+    if not low <= len(password) <= high:
+        raise InvalidPassword(f"a password has {low} to {high} characters")
+    if any(not " " <= ch <= "~" for ch in password):
+        raise InvalidPassword("a password is printable ASCII (letters, digits, punctuation)")
+
+
+def scram_sha256_verifier(
+    password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
+) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores (RFC 5802 and 7677), computed here.
+
+    `ALTER ROLE ... PASSWORD '<verifier>'` then never sends the password itself to the server,
+    so it can appear in no server log or statistics view.
+    """
+    salt = secrets.token_bytes(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _require_view(conn: psycopg.Connection) -> None:
+    row = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE n.nspname = 'reporting' AND c.relname = 'student_demographics'),
+                  EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)""",
+        (GROUP_ROLE,),
+    ).fetchone()
+    if not row or not all(row):
+        raise AccessError("the reporting view is not set up; run: demographics db upgrade")
+
+
+def _role_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
+
+
+def _create_role(conn: psycopg.Connection, name: str, verifier: str) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT "
+                    "NOREPLICATION NOBYPASSRLS PASSWORD {}"
+                ).format(sql.Identifier(name), sql.Literal(verifier))
+            )
+    except errors.InsufficientPrivilege:
+        raise AccessError(
+            "the application's database user cannot create roles: it needs CREATEROLE"
+        ) from None
+
+
+def create_sql_login(
+    conn: psycopg.Connection,
+    district_code: str,
+    email: str,
+    created_by: str,
+    password: str | None = None,
+) -> SqlLogin:
+    """Create the person's login role, or set a new password on it (rotate).
+
+    The role is a member of the group role only (INHERIT TRUE, so SELECT works directly;
+    SET FALSE, so it cannot `SET ROLE` to it) and of nothing else; no attribute beyond LOGIN.
+    With no `password`, one is generated and returned: print it once, store it nowhere.
+    """
+    generated = password is None
+    secret = generate_password() if password is None else password
+    check_password(secret)
+    verifier = scram_sha256_verifier(secret)
+    with conn.transaction():
+        person = find_staff(conn, district_code, email)
+        _require_view(conn)
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s::int)", (ACCESS_LOCK, person.staff_id))
+        open_login = conn.execute(
+            "SELECT login_id, role_name FROM core.sql_logins "
+            "WHERE staff_id = %s AND revoked_at IS NULL",
+            (person.staff_id,),
+        ).fetchone()
+        if open_login is not None:
+            login_id, name = open_login
+            if _role_exists(conn, name):
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
+                        sql.Identifier(name), sql.Literal(verifier)
+                    )
+                )
+            else:  # dropped by hand: make it again under the same name
+                _create_role(conn, name, verifier)
+            conn.execute(
+                "UPDATE core.sql_logins SET rotated_by = %s, rotated_at = now() "
+                "WHERE login_id = %s",
+                (created_by, login_id),
+            )
+            act = "sql_login_rotate"
+        else:
+            database = conn.execute("SELECT current_database()").fetchone()
+            assert database is not None
+            name = role_name(database[0], person.district_code, person.sourced_id)
+            if _role_exists(conn, name):
+                ours = conn.execute(
+                    "SELECT 1 FROM core.sql_logins WHERE role_name = %s AND staff_id = %s",
+                    (name, person.staff_id),
+                ).fetchone()
+                if ours is None:
+                    raise AccessRefused(
+                        f"a PostgreSQL role named {name} already exists and is not a login "
+                        "this database made for that person; nothing was changed"
+                    )
+                # This person's earlier login, revoked but kept: open it again.
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
+                        sql.Identifier(name), sql.Literal(verifier)
+                    )
+                )
+            else:
+                _create_role(conn, name, verifier)
+            conn.execute(
+                """INSERT INTO core.sql_logins (role_name, district_id, staff_id, created_by)
+                   VALUES (%s, %s, %s, %s)""",
+                (name, person.district_id, person.staff_id, created_by),
+            )
+            act = "sql_login_create"
+        conn.execute(
+            sql.SQL("GRANT {} TO {} WITH INHERIT TRUE, SET FALSE").format(
+                sql.Identifier(GROUP_ROLE), sql.Identifier(name)
+            )
+        )
+        record_act(
+            conn,
+            person.district_id,
+            act,
+            created_by,
+            subject_staff_id=person.staff_id,
+            detail={"role": name},
+        )
+    return SqlLogin(name, person, act == "sql_login_create", secret if generated else None)
+
+
+def revoke_sql_login(
+    conn: psycopg.Connection, district_code: str, email: str, revoked_by: str
+) -> RevokedLogin:
+    """Close the person's login and drop its role; their open sessions are ended.
+
+    Works for someone who has left the roster too. From the commit on, the view maps the role
+    to nobody, so even a session that could not be ended sees no rows.
+    """
+    with conn.transaction():
+        district = get_district(conn, district_code)
+        row = conn.execute(
+            """UPDATE core.sql_logins l SET revoked_by = %s, revoked_at = now()
+               FROM core.staff sf
+               WHERE sf.staff_id = l.staff_id AND l.district_id = %s
+                 AND l.revoked_at IS NULL AND lower(sf.email) = lower(%s)
+               RETURNING l.role_name, l.staff_id""",
+            (revoked_by, district.district_id, email.strip()),
+        ).fetchall()
+        if len(row) != 1:
+            raise UnknownPerson(
+                f"no SQL login of district {district.code} belongs to that email"
+                if not row
+                else f"{len(row)} SQL logins of district {district.code} match that email; "
+                "nothing was changed"
+            )
+        name, staff_id = row[0]
+        record_act(
+            conn,
+            district.district_id,
+            "sql_login_revoke",
+            revoked_by,
+            subject_staff_id=staff_id,
+            detail={"role": name},
+        )
+        dropped = True
+        oid = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+        if oid is not None:
+            ident = sql.Identifier(name)
+            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident))
+            conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(GROUP_ROLE), ident))
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+            except errors.DependentObjectsStillExist:
+                dropped = False  # granted something by hand elsewhere: kept, but powerless
+    if oid is not None:
+        _end_sessions(conn, int(oid[0]))
+    return RevokedLogin(name, dropped)
+
+
+def _end_sessions(conn: psycopg.Connection, role_oid: int) -> None:
+    """Best effort, after the commit: a session we may not end still sees nothing (its login
+    is revoked, its group membership gone). By oid: a dropped role's sessions have no name."""
+    try:
+        with conn.transaction():
+            conn.execute(
+                "SELECT pg_terminate_backend(pid, 2000) FROM pg_stat_activity "
+                "WHERE usesysid = %s AND pid <> pg_backend_pid()",
+                (role_oid,),
+            )
+    except psycopg.Error:
+        pass
+
+
+def login_roles(conn: psycopg.Connection, district_code: str | None = None) -> list[str]:
+    """The open logins' role names (of one district, or all)."""
+    rows = conn.execute(
+        """SELECT l.role_name FROM core.sql_logins l JOIN core.districts d USING (district_id)
+           WHERE l.revoked_at IS NULL AND (%(d)s::text IS NULL OR d.code = %(d)s)
+           ORDER BY l.role_name""",
+        {"d": district_code},
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+# --- the view -----------------------------------------------------------------------------
+
+
+def apply_access_views(conn: psycopg.Connection, lock_timeout_seconds: float = 10.0) -> list[str]:
+    """(Re)apply the `_always` SQL files (the view, the grants); returns the names applied.
+
+    Safe while people query: the view is replaced in place, in one transaction, so a query
+    sees the old or the new view. A long query holding the view makes this give up after
+    `lock_timeout_seconds` (nothing changed) rather than queue every new query behind it.
+    """
+    always = [m for m in migrations() if m.name.endswith("_always")]
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            waiting = [n for n in pending(conn) if n not in {m.path.name for m in always}]
+            if waiting:
+                raise AccessError(
+                    f"the database schema is not up to date ({len(waiting)} SQL "
+                    f"file{'s' if len(waiting) != 1 else ''} to apply); "
+                    "run: demographics db upgrade"
+                )
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true)",
+                (f"{int(lock_timeout_seconds * 1000)}ms",),
+            )
+            for migration in always:
+                conn.execute(migration.text)
+                conn.execute(
+                    """INSERT INTO core.schema_migrations (version, name, checksum)
+                       VALUES (%s, %s, %s)
+                       ON CONFLICT (version) DO UPDATE
+                       SET name = excluded.name, checksum = excluded.checksum,
+                           applied_at = now()""",
+                    (migration.version, migration.name, migration.checksum),
+                )
+    except errors.LockNotAvailable:
+        raise AccessViewsBusy(
+            "the reporting view is held by a long query; nothing was changed, try again"
+        ) from None
+    return [m.path.name for m in always]
+
+
+def view_summary(conn: psycopg.Connection, role: str) -> tuple[int, list[str]]:
+    """Rows a login sees and which demographic fields read as values (not NULL) for it.
+
+    Asked as that role (`SET ROLE` in a transaction that is rolled back), so this is what the
+    view shows them, not what we think it should. A field counts when a visible row has a
+    value in it.
+    """
+    counts = sql.SQL(", ").join(sql.SQL("count({})").format(sql.Identifier(f)) for f in FIELDS)
+    with conn.transaction(force_rollback=True):
+        if role not in login_roles(conn):
+            raise UnknownPerson("that is not an open SQL login of this database")
+        may = conn.execute(
+            "SELECT rolsuper OR pg_has_role(current_user, %s, 'SET') "
+            "FROM pg_roles WHERE rolname = current_user",
+            (role,),
+        ).fetchone()
+        if not may or not may[0]:  # we hold ADMIN on the roles we made: lend ourselves SET
+            conn.execute(
+                sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT FALSE, SET TRUE").format(
+                    sql.Identifier(role)
+                )
+            )
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        row = conn.execute(
+            sql.SQL("SELECT count(*), {} FROM reporting.student_demographics").format(counts)
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), [f for f, n in zip(FIELDS, row[1:], strict=True) if n]
