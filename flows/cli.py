@@ -116,6 +116,15 @@ app.add_typer(db_app, name="db")
 app.add_typer(roster_app, name="roster")
 
 
+def _register_access() -> None:
+    from flows.access_cli import access_app
+
+    app.add_typer(access_app, name="access")
+
+
+_register_access()
+
+
 class SyncFormat(StrEnum):
     text = "text"
     json = "json"
@@ -167,12 +176,19 @@ def db_url() -> None:
 @db_app.command("upgrade")
 @_database_errors
 def db_upgrade() -> None:
-    """Apply the numbered SQL files in sql/ that are not applied yet."""
+    """Apply the numbered SQL files in sql/ that are not applied yet, then the access views
+    and grants (re-asserted every time, like the apply-access-views flow)."""
+    from tasks.access import AccessError, apply_access_views
     from tasks.db import connect, database_url, upgrade
 
     with connect(database_url()) as conn:
         applied = upgrade(conn)
+        try:
+            apply_access_views(conn)
+        except AccessError as exc:
+            fail(str(exc))
     typer.echo(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
+    typer.echo("access views and grants applied")
 
 
 @db_app.command("stop")
@@ -217,9 +233,16 @@ def roster_load(
 
 
 def _sync_command(
-    file: Path, district: str, mode: str, approve: bool, format: SyncFormat, max_issues: int | None
+    file: Path,
+    district: str,
+    mode: str,
+    approve: bool,
+    format: SyncFormat,
+    max_issues: int | None,
+    approver: str | None = None,
 ) -> None:
-    from tasks.db import ready_database_url
+    from tasks.access import AccessError, record_manager_act
+    from tasks.db import connect, ready_database_url
     from tasks.read import SourceUnreadable, read_source
     from tasks.render import DEFAULT_TEXT_ISSUES, render_json, render_sync_text
     from tasks.settings import load_settings
@@ -230,6 +253,17 @@ def _sync_command(
     except SourceUnreadable as exc:
         fail(f"cannot read {exc}")
     url = ready_database_url()
+    requested_by = None
+    if approve:
+        if not approver:
+            fail("--approve needs --as EMAIL: approving a held sync is a data manager's act")
+        try:
+            with connect(url, autocommit=True) as conn:
+                requested_by = record_manager_act(
+                    conn, district, approver, "approve_held_sync", {"file": file.name}
+                )
+        except AccessError as exc:
+            fail(str(exc))
     outcome = run_file(
         url,
         district,
@@ -237,6 +271,7 @@ def _sync_command(
         file.name,
         mode=mode,  # type: ignore[arg-type]
         approve=approve,
+        requested_by=requested_by,
         lock_wait_seconds=load_settings().lock_wait_seconds,
     )
     if format is SyncFormat.json:
@@ -278,6 +313,10 @@ def sync(
     approve: Annotated[
         bool, typer.Option(help="Apply this file although it was held (same file, same SHA-256).")
     ] = False,
+    as_: Annotated[
+        str | None,
+        typer.Option("--as", help="With --approve: the data manager approving (their email)."),
+    ] = None,
     format: FormatOption = SyncFormat.text,
     max_issues: MaxIssuesOption = None,
 ) -> None:
@@ -285,7 +324,7 @@ def sync(
 
     Exit status: 0 no errors, 1 errors found, 2 the command could not run (or the run failed).
     """
-    _sync_command(file, district, "sync", approve, format, max_issues)
+    _sync_command(file, district, "sync", approve, format, max_issues, as_)
 
 
 @app.command()
@@ -457,6 +496,9 @@ SAMPLE_DISTRICT = "maple-valley"
 
 
 SAMPLE_MANAGER = "patricia.morales-grant@maplevalley.k12.example.us"  # adm-01, district admin
+SAMPLE_TEACHER = "rebecca.lindqvist@maplevalley.k12.example.us"  # tch-01
+SAMPLE_SCHOOL_ADMIN = "kevin.ashford@maplevalley.k12.example.us"  # adm-02, middle school
+SAMPLE_TEACHER_FIELDS = ("gender", "english_learner")
 
 
 @app.command()
@@ -465,17 +507,20 @@ def demo() -> None:
     """Run the whole product once on embedded defaults: roster, drop, nightly flow, email."""
     import os
 
+    from tasks.access import grant_manager, set_teacher_fields
     from tasks.db import connect, ready_database_url
     from tasks.drop import open_drop
     from tasks.read import read_source
     from tasks.render import render_html, render_roster
     from tasks.roster import load_roster, read_roster
     from tasks.settings import load_settings
-    from tasks.store import get_district, list_runs, update_settings
+    from tasks.store import list_runs
     from tasks.validate import validate_bytes
 
     # The sample file is placed a moment before the run; a real upload settles first.
     os.environ.setdefault("DEMOGRAPHICS_SETTLE_SECONDS", "0")
+    # Prefect starts a temporary local API for the run when none is configured.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = load_settings()
     data = read_source(SAMPLE_FILE)
     report = validate_bytes(data, SAMPLE_FILE.name).report
@@ -486,9 +531,13 @@ def demo() -> None:
     typer.echo(f"1. Load the sample roster {SAMPLE_ROSTER} as district {SAMPLE_DISTRICT}")
     with connect(url, autocommit=True) as conn:
         result = load_roster(conn, SAMPLE_DISTRICT, read_roster(SAMPLE_ROSTER))
-        if not get_district(conn, SAMPLE_DISTRICT).recipients:
-            update_settings(conn, SAMPLE_DISTRICT, recipients=(SAMPLE_MANAGER,))
+        # The operator makes the district admin a data manager: the results email goes to them.
+        grant_manager(conn, SAMPLE_DISTRICT, SAMPLE_MANAGER, "demo")
+        set_teacher_fields(conn, SAMPLE_DISTRICT, SAMPLE_TEACHER_FIELDS, SAMPLE_MANAGER)
     typer.echo(render_roster(result))
+    typer.echo(
+        f"   data manager: {SAMPLE_MANAGER}; teachers may see: {', '.join(SAMPLE_TEACHER_FIELDS)}"
+    )
     drop = open_drop(settings)
     drop.put(SAMPLE_DISTRICT, SAMPLE_FILE.name, data)
     typer.echo(f"2. Placed {SAMPLE_FILE.name} in the drop: {drop.description}/{SAMPLE_DISTRICT}")
@@ -520,11 +569,31 @@ def demo() -> None:
             typer.echo(f"               {eml.with_suffix('.html')}")
         else:
             typer.echo(f"Results email: {row[0]} ({row[1]})")
+    typer.echo("4. What the reporting view shows, asked as each person's own SQL login")
+    _demo_view(url)
     typer.echo(f"HTML validation report: {html_path}")
     typer.echo(f"Runs: .venv/bin/demographics runs --district {SAMPLE_DISTRICT}")
     typer.echo(f'Database: {_psql()} "$(.venv/bin/demographics db url)"')
     if not state.is_completed():
         raise typer.Exit(1)
+
+
+def _demo_view(url: str) -> None:
+    """Rows and visible fields of reporting.student_demographics for two sample people."""
+    from tasks.access import create_sql_login, view_summary
+    from tasks.db import connect
+
+    people = (
+        ("teacher tch-01", SAMPLE_TEACHER),
+        ("school admin adm-02", SAMPLE_SCHOOL_ADMIN),
+    )
+    with connect(url, autocommit=True) as conn:
+        for label, email in people:
+            login = create_sql_login(conn, SAMPLE_DISTRICT, email, "demo")
+            rows, fields = view_summary(conn, login.role)
+            typer.echo(
+                f"   {label} ({login.role}): {rows} rows; fields: {', '.join(fields) or 'none'}"
+            )
 
 
 def _psql() -> str:

@@ -1,7 +1,7 @@
 """The deployments: the nightly schedule and the manual runs people start from the Prefect UI.
 
 `demographics serve` (or `make serve`) serves them from this process, so the schedule and the
-UI's Run button work with no work pool; `deployments/prefect.yaml` declares the same four for
+UI's Run button work with no work pool; `deployments/prefect.yaml` declares the same five for
 a work pool in production.
 """
 
@@ -11,7 +11,13 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
-from flows.pipeline import approve_held_sync, discard_held_sync, nightly_sync, process_file
+from flows.pipeline import (
+    apply_access_views,
+    approve_held_sync,
+    discard_held_sync,
+    nightly_sync,
+    process_file,
+)
 from tasks.settings import load_settings
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -38,6 +44,10 @@ def deployments() -> list[RunnerDeployment]:
         discard_held_sync.to_deployment(
             name="discard-held-sync",
             description="Drop a held sync (run id) and delete its file from the drop.",
+        ),
+        apply_access_views.to_deployment(
+            name="apply-access-views",
+            description="Re-apply the reporting view and grants; safe while people query.",
         ),
     ]
 

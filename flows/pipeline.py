@@ -34,7 +34,9 @@ waiting_hold = task(process.waiting_hold, name="find-waiting-hold", **PRIVATE)
 check_same_file = task(process.check_same_file, name="check-same-file", **PRIVATE)
 sync_file = task(process.sync_file, name="validate-match-apply", **PRIVATE)
 held_sync = task(process.held_sync, name="find-held-sync", **PRIVATE)
+approver = task(process.approver, name="check-data-manager", **PRIVATE)
 discard_held = task(process.discard_held, name="discard-held-sync", **PRIVATE)
+apply_views = task(process.apply_access_views, name="apply-access-views", **PRIVATE)
 results_message = task(process.results_message, name="render-results-email", **PRIVATE)
 notice_message = task(process.notice_message, name="render-notice-email", **PRIVATE)
 # Sending is retried (settings: mail_attempts, mail_retry_seconds), then the failure is
@@ -234,13 +236,15 @@ def nightly_sync(requested_by: str | None = None) -> dict[str, Any]:
 
 @flow(name="approve-held-sync", **FLOW_SETTINGS)
 def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any]:
-    """Apply the held file, checked to be the same file by SHA-256, then delete it."""
+    """Apply the held file, checked to be the same file by SHA-256, then delete it. Only a
+    data manager of the district (`approved_by`, their email) may approve."""
     log = get_run_logger()
     check_database()
     held = held_sync(run_id)
+    manager = approver(held, approved_by)
     fetched = fetch_file(held.district, held.file_name)
     check_same_file(held, quote(fetched))
-    outcome = sync_file(held.district, quote(fetched), "sync", approved_by, approve=True)
+    outcome = sync_file(held.district, quote(fetched), "sync", manager, approve=True)
     del fetched
     emailed = _send(results_message(held.district, quote(outcome)), outcome.run_id)
     settled = settle_file(held.district, held.file_name, outcome.status, outcome.run_id)
@@ -259,10 +263,11 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any]:
 
 @flow(name="discard-held-sync", **FLOW_SETTINGS)
 def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any]:
-    """Record the decision, then delete the held file if the drop still has that very file."""
+    """Record a data manager's decision, then delete the held file if the drop still has that
+    very file."""
     log = get_run_logger()
     check_database()
-    held = discard_held(run_id, discarded_by)
+    held, manager = discard_held(run_id, discarded_by)
     state = fetch_file(held.district, held.file_name, return_state=True)
     if state.is_completed() and state.result().sha256 == held.file_sha256:
         delete_file(held.district, held.file_name)
@@ -272,15 +277,22 @@ def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any]:
     else:
         fate = "already gone"
     del state
-    log.info("held run %s discarded by %s; source file %s", run_id, discarded_by, fate)
+    log.info("held run %s discarded; source file %s", run_id, fate)
     _notify(
         held.district,
         f"held sync {run_id} discarded",
         [
-            f"The held sync {run_id} of {held.file_name} was discarded by {discarded_by}; "
+            f"The held sync {run_id} of {held.file_name} was discarded by {manager}; "
             "nothing was applied.",
             f"Source file: {fate}.",
         ],
-        run_id,
     )
     return {"run_id": run_id, "file": fate}
+
+
+@flow(name="apply-access-views", **FLOW_SETTINGS)
+def apply_access_views() -> dict[str, Any]:
+    """Re-apply the reporting view and its grants (idempotent; safe while people query)."""
+    applied = apply_views()
+    get_run_logger().info("applied %s", ", ".join(applied) or "nothing")
+    return {"applied": applied}

@@ -182,10 +182,11 @@ def next_steps(district_code: str, report: Report) -> list[str]:
         return [
             "Nothing was applied yet: the file would change too many values on record. A data "
             "manager reviews the changes counted here and decides.",
-            f"To apply it: run the Prefect deployment approve-held-sync with {run}, or run "
-            f"`demographics sync FILE --district {_header_text(district_code, 100)} --approve` "
-            "with the same file.",
-            f"To drop it: run the Prefect deployment discard-held-sync with {run}.",
+            f"To apply it: run the Prefect deployment approve-held-sync with {run} and your "
+            "email as approved_by, or run `demographics sync FILE --district "
+            f"{_header_text(district_code, 100)} --approve --as YOUR_EMAIL` with the same file.",
+            f"To drop it: run the Prefect deployment discard-held-sync with {run} and your email "
+            "as discarded_by.",
         ]
     if block.status == "failed":
         return [

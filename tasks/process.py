@@ -19,7 +19,7 @@ from typing import Literal, ParamSpec, TypeVar
 
 import psycopg
 
-from tasks import store
+from tasks import access, store
 from tasks.db import DatabaseUnavailable, MigrationChanged, connect, describe_error
 from tasks.db import ready_database_url as _ready_database_url
 from tasks.drop import (
@@ -52,6 +52,7 @@ SAFE_ERRORS = (
     store.UnknownDistrict,
     store.DistrictBusy,
     store.NotHeld,
+    access.AccessError,
 )
 
 
@@ -157,26 +158,52 @@ def held_sync(run_id: int) -> store.HeldRun:
 
 
 @safe_step
-def discard_held(run_id: int, discarded_by: str) -> store.HeldRun:
-    """Record the decision first: the file is removed afterwards, and only if it is that file."""
+def approver(held: store.HeldRun, approved_by: str) -> str:
+    """Only a data manager of the district approves a hold; the act is recorded with who and
+    when (the run that applies it records them again). Returns the email as on record."""
     with connect(_url(), autocommit=True) as conn:
+        return access.record_manager_act(
+            conn, held.district, approved_by, "approve_held_sync", {"run_id": held.run_id}
+        )
+
+
+@safe_step
+def discard_held(run_id: int, discarded_by: str) -> tuple[store.HeldRun, str]:
+    """A data manager's decision, recorded (act and resolution in one transaction) before the
+    file is removed, and only if it is that file. Returns the run and the manager's email."""
+    with connect(_url(), autocommit=True) as conn, conn.transaction():
         held = store.held_run(conn, run_id)
         district = store.get_district(conn, held.district)
-        store.discard_holds(conn, district.district_id, discarded_by, run_id=run_id)
-        return held
+        by = access.record_manager_act(
+            conn, held.district, discarded_by, "discard_held_sync", {"run_id": run_id}
+        )
+        store.discard_holds(conn, district.district_id, by, run_id=run_id)
+        return held, by
+
+
+@safe_step
+def apply_access_views() -> list[str]:
+    with connect(_url(), autocommit=True) as conn:
+        return access.apply_access_views(conn)
+
+
+def _addressees(conn: psycopg.Connection, district: str) -> tuple[store.District, tuple[str, ...]]:
+    """The district's notification list when it has one; else its data managers."""
+    found = store.get_district(conn, district)
+    return found, found.recipients or access.manager_emails(conn, found.district_id)
 
 
 @safe_step
 def results_message(district: str, outcome: SyncOutcome) -> EmailMessage:
     settings = load_settings()
     with connect(_url(settings), autocommit=True) as conn:
-        found = store.get_district(conn, district)
+        found, recipients = _addressees(conn, district)
     return build_results_message(
         found.code,
         found.name,
         outcome.report,
         outcome.message,
-        found.recipients,
+        recipients,
         settings.mail_from,
     )
 
@@ -185,9 +212,9 @@ def results_message(district: str, outcome: SyncOutcome) -> EmailMessage:
 def notice_message(district: str, subject: str, lines: list[str]) -> EmailMessage:
     settings = load_settings()
     with connect(_url(settings), autocommit=True) as conn:
-        found = store.get_district(conn, district)
+        found, recipients = _addressees(conn, district)
     return build_notice_message(
-        found.code, found.name, subject, lines, found.recipients, settings.mail_from
+        found.code, found.name, subject, lines, recipients, settings.mail_from
     )
 
 

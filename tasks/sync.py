@@ -232,7 +232,8 @@ def _decide_and_apply(
                         f"({_percent(hold_share)}), more than the district's hold limit of "
                         f"{_percent(district.hold_limit)}; nothing was applied. A data "
                         "manager reviews this report, then approves the same file (demographics "
-                        "sync FILE --district CODE --approve) or discards it" + hint,
+                        "sync FILE --district CODE --approve --as EMAIL, or the "
+                        "approve-held-sync deployment) or discards it" + hint,
                     )
                 )
                 report = with_issues(report, extra)

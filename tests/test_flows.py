@@ -20,19 +20,22 @@ from smtp_server import SmtpServer
 from storehelp import STUDENTS, line, load, set_limits, values
 
 from flows.pipeline import (
+    apply_access_views,
     approve_held_sync,
     discard_held_sync,
     nightly_sync,
     process_file,
     sync_district_drop,
 )
+from tasks.access import grant_manager
 from tasks.sync import run_file
 
 D2_STUDENTS = [
     ("s5", "0000000005", "eve@students.example.org"),
     ("s6", "0000000006", "fay@students.example.org"),
 ]
-MANAGERS = {"d1": "dm@d1.example.org", "d2": "dm@d2.example.org"}
+MANAGERS = {"d1": "dm@d1.example.org", "d2": "dm@d2.example.org"}  # notification lists
+APPROVER = "t1@example.org"  # d1's teacher, granted data manager of d1
 XSS = "<img src=x onerror=alert(1)>"
 FORMULA = '=HYPERLINK("http://x")'
 
@@ -127,6 +130,8 @@ def product(
                 "WHERE district_id = (SELECT district_id FROM core.districts WHERE code = %s)",
                 (manager, code),
             )
+    with psycopg.connect(db, autocommit=True) as conn:
+        assert grant_manager(conn, "d1", APPROVER, "test")
     return Product(db, sftp_server, smtp_server, staging)
 
 
@@ -442,14 +447,14 @@ def test_a_held_sync_waits_then_is_applied_when_approved(product: Product) -> No
     assert nightly_sync(return_state=True).is_completed()  # the next night: still waiting
     assert [r["status"] for r in runs(p.url)] == ["succeeded", "held"]
 
-    result = approve_held_sync(held, approved_by=MANAGERS["d1"])
+    result = approve_held_sync(held, approved_by=APPROVER)
 
     assert result["status"] == "succeeded" and result["file"] == "deleted"
     assert {v["gender"] for v in values(p.url, "d1").values()} == {"M"}
     recorded = {r["run_id"]: r for r in runs(p.url)}
     assert recorded[held]["resolution"] == "approved"
-    assert recorded[held]["resolved_by"] == MANAGERS["d1"]
-    assert recorded[result["run_id"]]["requested_by"] == MANAGERS["d1"]
+    assert recorded[held]["resolved_by"] == APPROVER
+    assert recorded[result["run_id"]]["requested_by"] == APPROVER
     assert p.remote("d1") == []
     assert "sync succeeded" in p.mail_to("d1")[-1]["Subject"]
 
@@ -458,14 +463,14 @@ def test_a_held_sync_discarded_changes_nothing_and_deletes_the_file(product: Pro
     p = product
     held = hold_ready(p)
 
-    result = discard_held_sync(held, discarded_by=MANAGERS["d1"])
+    result = discard_held_sync(held, discarded_by=APPROVER)
 
     assert result["file"] == "deleted" and p.remote("d1") == []
     assert {v["gender"] for v in values(p.url, "d1").values()} == {"F"}
     run = next(r for r in runs(p.url) if r["run_id"] == held)
-    assert run["resolution"] == "discarded" and run["resolved_by"] == MANAGERS["d1"]
+    assert run["resolution"] == "discarded" and run["resolved_by"] == APPROVER
     assert f"held sync {held} discarded" in p.mail_to("d1")[-1]["Subject"]
-    again = approve_held_sync(held, approved_by=MANAGERS["d1"], return_state=True)
+    again = approve_held_sync(held, approved_by=APPROVER, return_state=True)
     assert again.is_failed() and "already discarded" in (again.message or "")
 
 
@@ -474,11 +479,55 @@ def test_approving_refuses_a_file_replaced_after_the_hold(product: Product) -> N
     held = hold_ready(p)
     p.put("d1", "change.csv", csv_bytes([line(ssid="0000000001", gender="M")]))
 
-    state = approve_held_sync(held, approved_by=MANAGERS["d1"], return_state=True)
+    state = approve_held_sync(held, approved_by=APPROVER, return_state=True)
 
     assert state.is_failed() and "replaced after the hold" in (state.message or "")
     assert {v["gender"] for v in values(p.url, "d1").values()} == {"F"}
     assert next(r for r in runs(p.url) if r["run_id"] == held)["resolution"] is None
+
+
+def test_only_a_data_manager_of_the_district_approves_or_discards(product: Product) -> None:
+    p = product
+    held = hold_ready(p)
+    for person in ("stranger@students.example.org", "t1@example.org.evil", MANAGERS["d1"]):
+        for state in (
+            approve_held_sync(held, approved_by=person, return_state=True),
+            discard_held_sync(held, discarded_by=person, return_state=True),
+        ):
+            assert state.is_failed()
+            assert "not a data manager of district d1" in (state.message or ""), person
+            assert person not in (state.message or "")  # never echo who may be a student
+    assert next(r for r in runs(p.url) if r["run_id"] == held)["resolution"] is None
+    assert {v["gender"] for v in values(p.url, "d1").values()} == {"F"}
+    assert p.remote("d1") == ["change.csv"]
+
+
+def test_results_go_to_the_data_managers_when_the_district_has_no_list(
+    product: Product,
+) -> None:
+    p = product
+    with psycopg.connect(p.url) as conn:
+        conn.execute("UPDATE core.district_settings SET notification_recipients = '{}'")
+    p.put("d1", "a.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+
+    assert process_file("d1", "a.csv", return_state=True).is_completed()
+
+    (received,) = p.smtp.received
+    assert received.rcpt_tos == [APPROVER]
+
+
+def test_the_apply_access_views_flow_can_run_at_any_time(product: Product) -> None:
+    with psycopg.connect(product.url) as conn:
+        conn.execute("DROP VIEW reporting.student_demographics")
+    for _ in range(2):  # it puts the view back, and again changes nothing
+        assert apply_access_views(return_state=True).is_completed()
+        with psycopg.connect(product.url) as conn:
+            grantees = conn.execute(
+                "SELECT grantee FROM information_schema.role_table_grants "
+                "WHERE table_schema = 'reporting' AND table_name = 'student_demographics' "
+                "AND privilege_type = 'SELECT'"
+            ).fetchall()
+        assert ("demographics_reporting",) in grantees
 
 
 # --- privacy -------------------------------------------------------------------------------
@@ -504,7 +553,7 @@ def test_nothing_prefect_stores_holds_a_student_value(
     p.put("d2", "d2.csv", csv_bytes([line(ssid="0000000005", email="eve@students.example.org")]))
     assert nightly_sync(return_state=True).is_completed()
     held = hold_ready_again(p)
-    assert approve_held_sync(held, approved_by=MANAGERS["d1"], return_state=True).is_completed()
+    assert approve_held_sync(held, approved_by=APPROVER, return_state=True).is_completed()
     monkeypatch.setenv("DEMOGRAPHICS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     p.put("d1", "later.csv", csv_bytes([line(ssid="0000000003", gender="F")]))
     assert process_file("d1", "later.csv", return_state=True).is_failed()

@@ -221,7 +221,7 @@ def test_long_lists_are_cut_with_the_rest_in_the_attachment() -> None:
             False,
             [
                 "approve-held-sync with run id 42",
-                "demographics sync FILE --district maple-valley --approve",
+                "demographics sync FILE --district maple-valley --approve --as YOUR_EMAIL",
                 "discard-held-sync with run id 42",
             ],
         ),

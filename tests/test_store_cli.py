@@ -83,7 +83,11 @@ def test_runs_lists_runs_and_undo_restores(district: str, tmp_path: Path, cli) -
 def test_db_url_and_upgrade(db: str, cli) -> None:  # type: ignore[no-untyped-def]
     assert cli("db", "url").output.strip() == db
     result = cli("db", "upgrade")
-    assert result.exit_code == 0 and result.output.strip() == "the schema is up to date"
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
+        "the schema is up to date",
+        "access views and grants applied",
+    ]
 
 
 def test_upgrade_applies_new_files_once_and_refuses_an_edited_one(db: str, tmp_path: Path) -> None:
@@ -139,6 +143,11 @@ def test_demo_runs_the_nightly_flow_on_the_sample_and_writes_the_email(
     eml = Path(first.output.split("Results email: ")[1].split("\n")[0])
     assert eml.suffix == ".eml" and eml.is_file() and eml.with_suffix(".html").is_file()
     assert "maple-valley" in eml.read_text()
+    assert "To: patricia.morales-grant@maplevalley.k12.example.us" in eml.read_text()
+    teacher = first.output.split("teacher tch-01 (")[1].split("\n")[0]
+    assert teacher.endswith("): 33 rows; fields: gender, english_learner")
+    school_admin = first.output.split("school admin adm-02 (")[1].split("\n")[0]
+    assert "): 92 rows; fields: gender, ethnicity, race, english_learner" in school_admin
     second = cli("demo")
     assert second.exit_code == 0, second.output
     assert "run 2: succeeded" in second.output  # the same file again: recognised, not re-applied
@@ -211,3 +220,31 @@ def test_a_configured_server_with_an_old_schema_is_refused_not_upgraded(db: str,
     finally:
         with psycopg.connect(db) as conn, conn.cursor() as cur:
             cur.executemany("INSERT INTO core.schema_migrations VALUES (%s, %s, %s, %s)", saved)
+
+
+def test_approving_on_the_command_line_needs_a_data_manager(db: str, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from storehelp import set_limits, sync
+
+    from tasks.access import grant_manager
+
+    load(db, "d1", write_roster(tmp_path / "r", STUDENTS, district="d1"))
+    sync(db, "d1", [line(ssid=s[1], gender="F") for s in STUDENTS])
+    set_limits(db, "d1", hold=0.25)
+    path = tmp_path / "change.csv"
+    path.write_text(HEADER + "\n" + "".join(line(ssid=s[1], gender="M") + "\n" for s in STUDENTS))
+    assert "held" in cli("sync", path, "--district", "d1").output
+
+    bare = cli("sync", path, "--district", "d1", "--approve")
+    assert bare.exit_code == 2 and "--approve needs --as EMAIL" in bare.output
+    stranger = cli("sync", path, "--district", "d1", "--approve", "--as", "t1@example.org")
+    assert stranger.exit_code == 2 and "not a data manager of district d1" in stranger.output
+    with psycopg.connect(db, autocommit=True) as conn:
+        grant_manager(conn, "d1", "t1@example.org", "test")
+    approved = cli("sync", path, "--district", "d1", "--approve", "--as", "T1@example.org")
+    assert approved.exit_code == 0, approved.output
+    assert "succeeded" in approved.output and "approving held run 2" in approved.output
+    with psycopg.connect(db) as conn:
+        row = conn.execute(
+            "SELECT resolution, resolved_by FROM core.sync_runs WHERE run_id = 2"
+        ).fetchone()
+    assert row == ("approved", "t1@example.org")
