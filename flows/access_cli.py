@@ -193,8 +193,11 @@ def sql_login(
             typer.echo(f"revoked: role {gone.role} dropped")
         else:
             typer.echo(
-                f"revoked: role {gone.role} can no longer log in or read the view, but it holds "
-                "privileges granted outside this tool, so it was kept; drop it by hand"
+                f"revoked: role {gone.role} can no longer log in or read the view; it was not "
+                "dropped, because it still owns objects or holds privileges in another database "
+                f"of this server (what it had in this one is gone). To drop it: as a superuser, "
+                f"run DROP OWNED BY {gone.role}; in each database where it has any, then "
+                f"DROP ROLE {gone.role};"
             )
         return
     supplied = _read_password() if password_stdin else None

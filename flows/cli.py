@@ -138,6 +138,7 @@ def _database_errors(func):  # type: ignore[no-untyped-def]
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
         import psycopg
 
+        from tasks.access import AccessError
         from tasks.db import DatabaseUnavailable, MigrationChanged, describe_error
         from tasks.roster import RosterRefused
         from tasks.store import DistrictBusy, InvalidSetting, UnknownDistrict
@@ -153,6 +154,7 @@ def _database_errors(func):  # type: ignore[no-untyped-def]
             RosterRefused,
             UndoRefused,
             InvalidSetting,
+            AccessError,
         ) as exc:
             fail(str(exc))
         except psycopg.Error as exc:
@@ -184,11 +186,13 @@ def db_upgrade() -> None:
     with connect(database_url()) as conn:
         applied = upgrade(conn)
         try:
-            apply_access_views(conn)
+            views = apply_access_views(conn)
         except AccessError as exc:
             fail(str(exc))
     typer.echo(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
     typer.echo("access views and grants applied")
+    for step in views.owner_steps:
+        typer.echo(f"still to do: {step}")
 
 
 @db_app.command("stop")
@@ -241,29 +245,19 @@ def _sync_command(
     max_issues: int | None,
     approver: str | None = None,
 ) -> None:
-    from tasks.access import AccessError, record_manager_act
-    from tasks.db import connect, ready_database_url
+    from tasks.db import ready_database_url
     from tasks.read import SourceUnreadable, read_source
     from tasks.render import DEFAULT_TEXT_ISSUES, render_json, render_sync_text
     from tasks.settings import load_settings
-    from tasks.sync import run_file
+    from tasks.sync import default_requester, run_file
 
     try:
         data = read_source(file)
     except SourceUnreadable as exc:
         fail(f"cannot read {exc}")
     url = ready_database_url()
-    requested_by = None
-    if approve:
-        if not approver:
-            fail("--approve needs --as EMAIL: approving a held sync is a data manager's act")
-        try:
-            with connect(url, autocommit=True) as conn:
-                requested_by = record_manager_act(
-                    conn, district, approver, "approve_held_sync", {"file": file.name}
-                )
-        except AccessError as exc:
-            fail(str(exc))
+    if approve and not approver:
+        fail("--approve needs --as EMAIL: approving a held sync is a data manager's act")
     outcome = run_file(
         url,
         district,
@@ -271,8 +265,9 @@ def _sync_command(
         file.name,
         mode=mode,  # type: ignore[arg-type]
         approve=approve,
-        requested_by=requested_by,
         lock_wait_seconds=load_settings().lock_wait_seconds,
+        approved_by=approver,
+        via=default_requester(),
     )
     if format is SyncFormat.json:
         sys.stdout.write(render_json(outcome.report) + "\n")

@@ -8,6 +8,7 @@ objects are passed `quote`d so Prefect does not walk them looking for futures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -18,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from tasks import process
+from tasks.drop import DropFile
 from tasks.settings import load_settings
 
 # --- task settings, in one place ---------------------------------------------------------
@@ -26,27 +28,37 @@ PRIVATE: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE, "l
 
 check_database = task(process.check_database, name="check-database", **PRIVATE)
 active_districts = task(process.active_districts, name="active-districts", **PRIVATE)
+clean_staging = task(process.clean_staging, name="clean-staging", **PRIVATE)
 # The drop retries its own connections with backoff (settings: sftp_attempts,
 # sftp_backoff_seconds): a Prefect retry on top would multiply the waits.
 list_drop = task(process.list_drop, name="list-drop", **PRIVATE)
+plan_drop = task(process.plan_drop, name="judge-drop", **PRIVATE)
 fetch_file = task(process.fetch_file, name="fetch-file", **PRIVATE)
 waiting_hold = task(process.waiting_hold, name="find-waiting-hold", **PRIVATE)
 check_same_file = task(process.check_same_file, name="check-same-file", **PRIVATE)
 sync_file = task(process.sync_file, name="validate-match-apply", **PRIVATE)
 held_sync = task(process.held_sync, name="find-held-sync", **PRIVATE)
-approver = task(process.approver, name="check-data-manager", **PRIVATE)
+check_approver = task(process.check_approver, name="check-data-manager", **PRIVATE)
 discard_held = task(process.discard_held, name="discard-held-sync", **PRIVATE)
+discard_source_file = task(process.discard_source_file, name="discard-source-file", **PRIVATE)
 apply_views = task(process.apply_access_views, name="apply-access-views", **PRIVATE)
 results_message = task(process.results_message, name="render-results-email", **PRIVATE)
 notice_message = task(process.notice_message, name="render-notice-email", **PRIVATE)
-# Sending is retried (settings: mail_attempts, mail_retry_seconds), then the failure is
-# recorded on the run; it never undoes a committed sync.
-send_message = task(process.send_message, name="send-email", **PRIVATE)
+# Sending is retried when the failure may pass (settings: mail_attempts, mail_retry_seconds),
+# then the failure is recorded on the run; it never undoes a committed sync.
+send_message = task(
+    process.send_message,
+    name="send-email",
+    retry_condition_fn=lambda _task, _run, state: process.transient_mail_failure(
+        state.result(raise_on_failure=False)
+    ),
+    **PRIVATE,
+)
 record_delivery = task(process.record_delivery, name="record-email", **PRIVATE)
 settle_file = task(process.settle_file, name="settle-source-file", **PRIVATE)
-delete_file = task(process.delete_file, name="delete-source-file", **PRIVATE)
 expire_files = task(process.expire_files, name="expire-old-files", **PRIVATE)
 reject_unread = task(process.reject_unread, name="reject-too-large", **PRIVATE)
+refusals_reported = task(process.refusals_reported, name="record-refusals-told", **PRIVATE)
 
 FLOW_SETTINGS: dict[str, Any] = {"persist_result": False, "log_prints": False}
 
@@ -81,24 +93,38 @@ def _smtp_password() -> str | None:
     return Secret.load(name).get()
 
 
-def _send(message: Any, run_id: int | None) -> str:
-    """Send with retries; record how it went on the run. Returns a phrase for the log."""
+def _email(render: Callable[[], Any], run_id: int | None) -> str:
+    """Render, send (with retries) and record; after a committed sync, none of it may fail
+    the run. Returns a phrase for the log."""
     settings = load_settings()
     sender = send_message.with_options(
         retries=settings.mail_attempts - 1, retry_delay_seconds=settings.mail_retry_seconds
     )
     try:
-        delivery = sender(quote(message), _smtp_password())
+        delivery = sender(quote(render()), _smtp_password())
     except Exception as exc:  # task exceptions carry no values (tasks.process.safe_step)
-        record_delivery(run_id, None, str(exc))
         get_run_logger().warning("the email could not be sent: %s", exc)
-        return "email failed"
-    record_delivery(run_id, delivery, None)
-    return f"email {delivery.kind}"
+        recorded = record_delivery(run_id, None, str(exc), return_state=True)
+        return "email failed" + ("" if recorded.is_completed() else " (and not recorded)")
+    recorded = record_delivery(run_id, delivery, None, return_state=True)
+    return f"email {delivery.kind}" + ("" if recorded.is_completed() else " (not recorded)")
 
 
-def _notify(district: str, subject: str, lines: list[str], run_id: int | None = None) -> None:
-    _send(notice_message(district, subject, lines), run_id)
+def _notify(district: str, notice: process.Notice, run_id: int | None = None) -> str:
+    return _email(lambda: notice_message(district, notice), run_id)
+
+
+def _settle(district: str, source: DropFile, status: str, run_id: int | None) -> str:
+    """Settle the source file; a failure here (the drop gone after the commit) leaves the
+    file for the next run, which recognises it and deletes it. Returns what became of it."""
+    log = get_run_logger()
+    state = settle_file(district, source, status, run_id, return_state=True)
+    if state.is_completed():
+        settled = state.result()
+        log.info("%s: source file %s (%s)", source.name, settled.action, settled.reason)
+        return settled.action
+    log.warning("%s: the source file could not be settled: %s", source.name, state.message)
+    return "kept"
 
 
 # --- flows --------------------------------------------------------------------------------
@@ -117,11 +143,15 @@ def process_file(
     by = _requester(requested_by)
     check_database()
     fetched = fetch_file(district, file_name)
+    if fetched is None:
+        log.info("%s is no longer in the drop; nothing to do", file_name)
+        return {"status": "gone", "file": "gone"}
     if mode == "sync":
         waiting = waiting_hold(district, fetched.sha256)
         if waiting is not None:
             log.info("%s is held by run %s, waiting for a data manager; kept", file_name, waiting)
             return {"status": "held", "run_id": waiting, "file": "kept"}
+    source = process.source_of(fetched)
     outcome = sync_file(district, quote(fetched), mode, by)
     del fetched
     block = outcome.report.sync
@@ -135,9 +165,10 @@ def process_file(
         block.unchanged,
         block.unmatched,
     )
-    emailed = _send(results_message(district, quote(outcome)), outcome.run_id)
-    settled = settle_file(district, file_name, outcome.status, outcome.run_id)
-    log.info("%s: %s; source file %s (%s)", file_name, emailed, settled.action, settled.reason)
+    # The outcome is committed: from here on nothing fails the run except the outcome itself.
+    emailed = _email(lambda: results_message(district, quote(outcome)), outcome.run_id)
+    settled = _settle(district, source, outcome.status, outcome.run_id)
+    log.info("%s: %s", file_name, emailed)
     if outcome.status == "failed":
         raise FileFailed(f"{file_name}: {outcome.message}; the file is kept for the next run")
     return {
@@ -147,7 +178,7 @@ def process_file(
         "updated": block.updated,
         "unmatched": block.unmatched,
         "errors": outcome.report.summary.errors,
-        "file": settled.action,
+        "file": settled,
     }
 
 
@@ -159,48 +190,32 @@ def sync_district_drop(district: str, requested_by: str | None = None) -> dict[s
     log = get_run_logger()
     by = _requester(requested_by)
     check_database()
-    listing = list_drop(district)
-    retention = load_settings().retention_days
-    if listing.expired:
-        names = expire_files(district, listing.expired, by)
-        _notify(
-            district,
-            f"{len(names)} old files deleted from the drop",
-            [
-                f"These files were in the drop for more than {retention:g} days and were "
-                "deleted without being synced (a held sync among them is discarded):",
-                *names,
-                "Upload a file again if it is still needed.",
-            ],
-        )
-    for big in listing.too_large:
-        run_id, message = reject_unread(district, big, by)
-        _notify(district, f"{big.name} rejected: too large", [message], run_id)
-        settle_file(district, big.name, "rejected", run_id)
-    if listing.refused:
-        log.warning("%s entries in the drop were refused and left alone", len(listing.refused))
-        _notify(
-            district,
-            f"{len(listing.refused)} entries in the drop were not taken",
-            [
-                "These entries in the drop were left alone; remove or rename them:",
-                *(f"{r.name}: {r.reason}" for r in listing.refused),
-            ],
-        )
-    if listing.settling:
-        log.info("%s files are still settling; they wait for the next run", len(listing.settling))
+    plan = plan_drop(district, list_drop(district))
+    if plan.expired:
+        _notify(district, process.expiry_notice(expire_files(district, plan.expired, by)))
+    for big in plan.too_large:
+        run_id, notice = reject_unread(district, big, by)
+        _notify(district, notice, run_id)
+        _settle(district, big, "rejected", run_id)
+    if plan.refused:
+        log.warning("%s entries in the drop were refused and left alone", len(plan.refused))
+    if plan.refused_news:
+        _notify(district, process.refused_notice(plan.refused_news))
+        refusals_reported(district, plan.refused_news)
+    if plan.settling:
+        log.info("%s files are still settling; they wait for the next run", len(plan.settling))
     done: list[dict[str, Any]] = []
-    for position, ready in enumerate(listing.ready):
+    for position, ready in enumerate(plan.ready):
         state: State = process_file(district, ready.name, "sync", by, return_state=True)
         if state.is_failed():
-            waiting = len(listing.ready) - position - 1
+            waiting = len(plan.ready) - position - 1
             raise DistrictFailed(
                 f"district {district}: {ready.name} failed ({state.message}); it and the "
                 f"{waiting} files after it wait for the next run"
             )
         done.append(state.result())
     log.info("district %s: %s files processed", district, len(done))
-    return {"district": district, "files": len(done), "settling": len(listing.settling)}
+    return {"district": district, "files": len(done), "settling": len(plan.settling)}
 
 
 @task(name="district", **PRIVATE)
@@ -218,6 +233,7 @@ def nightly_sync(requested_by: str | None = None) -> dict[str, Any]:
     stops the others, and the run ends failed naming the districts that failed."""
     by = _requester(requested_by)
     check_database()
+    clean_staging()
     districts = active_districts()
     futures = {code: _district.submit(code, by) for code in districts}
     failed = []
@@ -241,58 +257,50 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any]:
     log = get_run_logger()
     check_database()
     held = held_sync(run_id)
-    manager = approver(held, approved_by)
+    check_approver(held, approved_by)
     fetched = fetch_file(held.district, held.file_name)
+    if fetched is None:
+        raise FileFailed(
+            f"{held.file_name} is no longer in the drop; upload it again to be judged afresh"
+        )
     check_same_file(held, quote(fetched))
-    outcome = sync_file(held.district, quote(fetched), "sync", manager, approve=True)
+    source = process.source_of(fetched)
+    outcome = sync_file(held.district, quote(fetched), "sync", _requester(None), approved_by)
     del fetched
-    emailed = _send(results_message(held.district, quote(outcome)), outcome.run_id)
-    settled = settle_file(held.district, held.file_name, outcome.status, outcome.run_id)
+    emailed = _email(lambda: results_message(held.district, quote(outcome)), outcome.run_id)
+    settled = _settle(held.district, source, outcome.status, outcome.run_id)
     log.info(
         "held run %s: %s as run %s; %s; source file %s",
         run_id,
         outcome.status,
         outcome.run_id,
         emailed,
-        settled.action,
+        settled,
     )
     if outcome.status == "failed":
         raise FileFailed(f"{held.file_name}: {outcome.message}; the hold still waits")
-    return {"status": outcome.status, "run_id": outcome.run_id, "file": settled.action}
+    return {"status": outcome.status, "run_id": outcome.run_id, "file": settled}
 
 
 @flow(name="discard-held-sync", **FLOW_SETTINGS)
 def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any]:
     """Record a data manager's decision, then delete the held file if the drop still has that
     very file."""
-    log = get_run_logger()
     check_database()
-    held, manager = discard_held(run_id, discarded_by)
-    state = fetch_file(held.district, held.file_name, return_state=True)
-    if state.is_completed() and state.result().sha256 == held.file_sha256:
-        delete_file(held.district, held.file_name)
-        fate = "deleted"
-    elif state.is_completed():
-        fate = "left alone: the drop now has a different file under that name"
-    else:
-        fate = "already gone"
-    del state
-    log.info("held run %s discarded; source file %s", run_id, fate)
-    _notify(
-        held.district,
-        f"held sync {run_id} discarded",
-        [
-            f"The held sync {run_id} of {held.file_name} was discarded by {manager}; "
-            "nothing was applied.",
-            f"Source file: {fate}.",
-        ],
-    )
+    held, manager = discard_held(run_id, discarded_by, _requester(None))
+    state = discard_source_file(held, return_state=True)
+    fate = state.result() if state.is_completed() else f"not checked ({state.message})"
+    get_run_logger().info("held run %s discarded; source file %s", run_id, fate)
+    _notify(held.district, process.discard_notice(held, manager, fate))
     return {"run_id": run_id, "file": fate}
 
 
 @flow(name="apply-access-views", **FLOW_SETTINGS)
 def apply_access_views() -> dict[str, Any]:
     """Re-apply the reporting view and its grants (idempotent; safe while people query)."""
-    applied = apply_views()
-    get_run_logger().info("applied %s", ", ".join(applied) or "nothing")
-    return {"applied": applied}
+    result = apply_views()
+    log = get_run_logger()
+    log.info("applied %s", ", ".join(result.applied) or "nothing")
+    for step in result.owner_steps:
+        log.warning("still to do: %s", step)
+    return {"applied": list(result.applied), "owner_steps": [str(s) for s in result.owner_steps]}

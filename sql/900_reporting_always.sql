@@ -7,8 +7,10 @@
 -- * CREATEROLE, to create the NOLOGIN group role below once, and later the login roles of
 --   `demographics access sql-login` (PostgreSQL 16+: a CREATEROLE role gets ADMIN OPTION on
 --   the roles it creates, which is what granting the group and dropping a login need).
--- * Ownership of the database (or superuser), for the database-wide revokes at the end; a
---   non-owner gets a NOTICE and the operator runs those three statements by hand.
+-- * Ownership of the database (or superuser), for the database-wide revokes at the end, and
+--   superuser for the large-object revokes. What could not be done here is skipped (a NOTICE
+--   only); `apply_access_views` (and so `demographics db upgrade`) then checks the privileges
+--   themselves and returns each statement left for the owner or a superuser to run.
 --
 -- How identity and scope work:
 -- * The caller is `current_user`, looked up in core.sql_logins. No GUC, no session variable:
@@ -22,8 +24,20 @@
 -- * security_barrier = true: the view's own conditions run before any condition of the
 --   caller that is not LEAKPROOF (only a superuser can mark a function LEAKPROOF), so a
 --   function of the caller's in WHERE only ever sees rows, and masked values, of their scope.
+-- * A LEAKPROOF condition (text and timestamp comparisons are) would still be pushed down to
+--   the base tables, below the scope check: EXPLAIN ANALYZE's row counts would then tell
+--   whether some student of any district has, say, an SSID >= '5'. So the scoped, masked rows
+--   are a MATERIALIZED CTE (`scoped`): no condition of the caller's is ever pushed into it,
+--   and the planner has no column statistics for a CTE's output, so even the caller's row
+--   estimates say nothing about the base tables. Every caller's condition runs on `scoped`.
 -- * Scope and masking are read from the roster and core.teacher_access at query time: a roster
 --   reload or a teacher-field change applies to the next query, with no re-sync.
+-- * Roster rules the scope follows (README, "Access"): an administrator whose orgs include the
+--   district org is a district admin (core.staff.district_wide), whatever schools are listed
+--   too; any other administrator is a school admin of their listed schools that are active.
+--   A student belongs to one school, the first school among their orgs in the roster
+--   (core.students.school_id): a school admin sees them only through that school. A teacher
+--   sees the students of their active classes at active schools.
 
 DO $$
 BEGIN
@@ -67,47 +81,62 @@ WITH caller AS (
     WHERE l.role_name = current_user::text
       AND l.revoked_at IS NULL
       AND sf.active AND sf.enabled AND dd.active
+),
+scoped AS MATERIALIZED (  -- never inline this: see "A LEAKPROOF condition" above
+    SELECT d.code AS district_code,
+           sc.sourced_id AS school_sourced_id,
+           st.sourced_id AS student_sourced_id,
+           st.ssid,
+           st.email,
+           st.given_name,
+           st.family_name,
+           CASE WHEN 'gender' = ANY (c.fields) THEN v.gender END AS gender,
+           CASE WHEN 'ethnicity' = ANY (c.fields) THEN v.ethnicity END AS ethnicity,
+           CASE WHEN 'race' = ANY (c.fields) THEN v.race END AS race,
+           CASE WHEN 'english_learner' = ANY (c.fields) THEN v.english_learner END
+               AS english_learner,
+           CASE WHEN 'migrant' = ANY (c.fields) THEN v.migrant END AS migrant,
+           CASE WHEN 'gifted_learner' = ANY (c.fields) THEN v.gifted_learner END
+               AS gifted_learner,
+           CASE WHEN 'special_ed' = ANY (c.fields) THEN v.special_ed END AS special_ed,
+           CASE WHEN 'sed' = ANY (c.fields) THEN v.sed END AS sed,
+           CASE WHEN 'homeless' = ANY (c.fields) THEN v.homeless END AS homeless,
+           CASE WHEN 'foster' = ANY (c.fields) THEN v.foster END AS foster,
+           -- When any value changed, shown only to those who see every field: to the others
+           -- a change in a field hidden from them would show here.
+           CASE
+               WHEN c.fields @> ARRAY['gender', 'ethnicity', 'race', 'english_learner',
+                                      'migrant', 'gifted_learner', 'special_ed', 'sed',
+                                      'homeless', 'foster']::text[]
+               THEN v.updated_at
+           END AS demographics_updated_at
+    FROM caller c
+    JOIN core.districts d ON d.district_id = c.district_id
+    JOIN core.students st ON st.district_id = c.district_id AND st.active
+    LEFT JOIN core.schools sc ON sc.school_id = st.school_id
+    LEFT JOIN core.student_demographics v ON v.student_id = st.student_id
+    WHERE cardinality(c.fields) > 0  -- a teacher with no field enabled sees no rows
+      AND (
+          c.scope = 'district'
+          OR (c.scope = 'school' AND EXISTS (  -- the student's (first) school is theirs
+              SELECT 1
+              FROM core.staff_schools ss
+              JOIN core.schools s ON s.school_id = ss.school_id AND s.active
+              WHERE ss.staff_id = c.staff_id AND s.school_id = st.school_id))
+          OR (c.scope = 'teacher' AND EXISTS (  -- an active class of theirs, at an active school
+              SELECT 1
+              FROM core.enrollments te
+              JOIN core.classes cl ON cl.class_id = te.class_id AND cl.active
+              JOIN core.schools cs ON cs.school_id = cl.school_id AND cs.active
+              JOIN core.enrollments se ON se.class_id = te.class_id
+              WHERE te.staff_id = c.staff_id AND te.role = 'teacher' AND te.active
+                AND se.student_id = st.student_id AND se.role = 'student' AND se.active))
+      )
 )
-SELECT d.code AS district_code,
-       sc.sourced_id AS school_sourced_id,
-       st.sourced_id AS student_sourced_id,
-       st.ssid,
-       st.email,
-       st.given_name,
-       st.family_name,
-       CASE WHEN 'gender' = ANY (c.fields) THEN v.gender END AS gender,
-       CASE WHEN 'ethnicity' = ANY (c.fields) THEN v.ethnicity END AS ethnicity,
-       CASE WHEN 'race' = ANY (c.fields) THEN v.race END AS race,
-       CASE WHEN 'english_learner' = ANY (c.fields) THEN v.english_learner END
-           AS english_learner,
-       CASE WHEN 'migrant' = ANY (c.fields) THEN v.migrant END AS migrant,
-       CASE WHEN 'gifted_learner' = ANY (c.fields) THEN v.gifted_learner END AS gifted_learner,
-       CASE WHEN 'special_ed' = ANY (c.fields) THEN v.special_ed END AS special_ed,
-       CASE WHEN 'sed' = ANY (c.fields) THEN v.sed END AS sed,
-       CASE WHEN 'homeless' = ANY (c.fields) THEN v.homeless END AS homeless,
-       CASE WHEN 'foster' = ANY (c.fields) THEN v.foster END AS foster,
-       v.updated_at AS demographics_updated_at
-FROM caller c
-JOIN core.districts d ON d.district_id = c.district_id
-JOIN core.students st ON st.district_id = c.district_id AND st.active
-LEFT JOIN core.schools sc ON sc.school_id = st.school_id
-LEFT JOIN core.student_demographics v ON v.student_id = st.student_id
-WHERE cardinality(c.fields) > 0  -- a teacher with no field enabled sees no rows
-  AND (
-      c.scope = 'district'
-      OR (c.scope = 'school' AND EXISTS (
-          SELECT 1
-          FROM core.staff_schools ss
-          JOIN core.schools s ON s.school_id = ss.school_id AND s.active
-          WHERE ss.staff_id = c.staff_id AND s.school_id = st.school_id))
-      OR (c.scope = 'teacher' AND EXISTS (
-          SELECT 1
-          FROM core.enrollments te
-          JOIN core.classes cl ON cl.class_id = te.class_id AND cl.active
-          JOIN core.enrollments se ON se.class_id = te.class_id
-          WHERE te.staff_id = c.staff_id AND te.role = 'teacher' AND te.active
-            AND se.student_id = st.student_id AND se.role = 'student' AND se.active))
-  );
+SELECT district_code, school_sourced_id, student_sourced_id, ssid, email, given_name,
+       family_name, gender, ethnicity, race, english_learner, migrant, gifted_learner,
+       special_ed, sed, homeless, foster, demographics_updated_at
+FROM scoped;
 
 COMMENT ON VIEW reporting.student_demographics IS
     'Students the caller (current_user, a login of demographics access sql-login) may see; '
@@ -139,6 +168,9 @@ ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 -- (its roster load uses temporary tables): it is the owner, or a superuser, or the revoke is
 -- skipped. CONNECT stays granted to PUBLIC (a server-wide policy is the operator's), and is
 -- granted to the group as well, so revoking CONNECT from PUBLIC later keeps logins working.
+-- Other databases of the server are not ours to change: where PUBLIC keeps CONNECT and TEMP
+-- (`postgres`, by default), a login could connect and create temporary tables there. The
+-- operator restricts `+demographics_reporting` to this database in pg_hba.conf (README).
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper)
@@ -156,6 +188,26 @@ BEGIN
                      '% FROM PUBLIC; GRANT CONNECT ON DATABASE % TO demographics_reporting; '
                      'REVOKE ALL ON SCHEMA public FROM PUBLIC;',
                      current_database(), current_database();
+    END IF;
+END
+$$;
+
+-- Large objects are the one thing a caller could still create in this database with no
+-- CREATE or TEMP privilege (`lo_create(0)`, `lo_from_bytea`, a client's lo_import): these
+-- functions are executable by PUBLIC. Revoking EXECUTE on a built-in function takes a
+-- superuser; function privileges are kept per database, so this changes this database only.
+-- The application uses no large objects.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper) THEN
+        REVOKE EXECUTE ON FUNCTION pg_catalog.lo_create(oid), pg_catalog.lo_creat(integer),
+            pg_catalog.lo_from_bytea(oid, bytea), pg_catalog.lo_import(text),
+            pg_catalog.lo_import(text, oid)
+            FROM PUBLIC;
+    ELSE
+        RAISE NOTICE 'not a superuser: run as a superuser: REVOKE EXECUTE ON FUNCTION '
+                     'lo_create(oid), lo_creat(integer), lo_from_bytea(oid, bytea), '
+                     'lo_import(text), lo_import(text, oid) FROM PUBLIC;';
     END IF;
 END
 $$;

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,7 @@ from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
 from schemas.columns import DEMOGRAPHIC_COLUMNS
-from tasks.db import MIGRATION_LOCK, migrations, pending
+from tasks.db import lock_migrations, migrations, pending
 from tasks.store import get_district
 
 FIELDS: tuple[str, ...] = DEMOGRAPHIC_COLUMNS  # the 10 fields a district may open to teachers
@@ -33,8 +33,7 @@ GROUP_ROLE = "demographics_reporting"  # NOLOGIN; USAGE on reporting, SELECT on 
 ROLE_PREFIX = "ds_"
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
 PASSWORD_LENGTH = (16, 1000)
-ACCESS_LOCK = 0x41434353  # "ACCS": first key of the per-person lock for logins
-FIELDS_LOCK = 0x54464C44  # "TFLD": first key of the per-district teacher-fields lock
+LOGIN_CONNECTION_LIMIT = 10  # per login: one person cannot take every connection slot
 ACTS = (
     "grant_manager",
     "revoke_manager",
@@ -125,7 +124,36 @@ class SqlLogin:
 @dataclass(frozen=True)
 class RevokedLogin:
     role: str
-    dropped: bool  # False: the role is kept, NOLOGIN and out of the group (see the message)
+    dropped: bool  # False: kept, NOLOGIN and out of the group; it has objects elsewhere
+
+
+@dataclass(frozen=True)
+class OwnerStep:
+    """A privilege the application's database user could not close, and the statement that
+    closes it, for the person who can (the database owner, a superuser)."""
+
+    problem: str
+    run_as: str
+    statement: str
+
+    def __str__(self) -> str:
+        return f"{self.problem}: run as {self.run_as}: {self.statement}"
+
+
+@dataclass(frozen=True)
+class AccessViews:
+    """What `apply_access_views` did: the files applied, and what is left to someone else.
+
+    `owner_steps` is empty when every grant around the view is as it should be; otherwise
+    print each one (`str(step)`): they are what a non-owner, non-superuser upgrade skipped.
+    """
+
+    applied: tuple[str, ...]
+    owner_steps: tuple[OwnerStep, ...] = ()
+
+    def __iter__(self) -> Iterator[str]:
+        """The applied files' names: callers written for the list this used to be still work."""
+        return iter(self.applied)
 
 
 # --- people and acts ----------------------------------------------------------------------
@@ -286,18 +314,29 @@ def record_manager_act(
     email: str,
     act: str,
     detail: dict[str, Any] | None = None,
+    *,
+    via: str | None = None,
 ) -> str:
     """Check that `email` is a data manager and record their act; returns the email as on
     record (for `resolved_by`). Call it in the transaction that does the act, e.g. approving
     a held run: `record_manager_act(conn, code, approved_by, "approve_held_sync",
-    {"run_id": run_id})`; a refusal (NotAManager) then rolls the act back with it."""
+    {"run_id": run_id}, via="flow-run:...")`; a refusal (NotAManager) then rolls the act
+    back with it. `via` is who carried the claim (the operator, the flow run): the manager
+    is only named, so the record says by whom.
+
+    Inside an open transaction this runs in a savepoint (psycopg nests `conn.transaction()`):
+    a refusal undoes only its own work, and the caller's transaction decides the rest.
+    """
+    details = dict(detail or {})
+    if via is not None:
+        details["via"] = via
     with conn.transaction():
         district = get_district(conn, district_code)
         manager = _manager(conn, district.code, email)
         if manager is None:
             raise _not_a_manager(district.code)
         record_act(
-            conn, district.district_id, act, manager[1], actor_staff_id=manager[0], detail=detail
+            conn, district.district_id, act, manager[1], actor_staff_id=manager[0], detail=details
         )
     return manager[1]
 
@@ -351,17 +390,25 @@ def set_teacher_fields(
         if manager is None:
             raise _not_a_manager(district.code)
         staff_id, recorded = manager
+        # One change at a time per district, so "from" is what the change replaced: a row
+        # lock (logins cannot touch core.teacher_access), never an advisory lock, which any
+        # login could take first and hold. The row is made (none = no field) to be locked.
         conn.execute(
-            "SELECT pg_advisory_xact_lock(%s, %s::int)", (FIELDS_LOCK, district.district_id)
+            """INSERT INTO core.teacher_access (district_id, changed_by) VALUES (%s, %s)
+               ON CONFLICT (district_id) DO NOTHING""",
+            (district.district_id, recorded),
         )
-        before = teacher_fields(conn, district.code).fields
+        locked = conn.execute(
+            "SELECT fields FROM core.teacher_access WHERE district_id = %s FOR UPDATE",
+            (district.district_id,),
+        ).fetchone()
+        assert locked is not None
+        before = parse_fields(locked[0])
         conn.execute(
-            """INSERT INTO core.teacher_access (district_id, fields, changed_by)
-               VALUES (%s, %s, %s)
-               ON CONFLICT (district_id) DO UPDATE
-               SET fields = excluded.fields, changed_by = excluded.changed_by,
-                   changed_at = now()""",
-            (district.district_id, list(chosen), recorded),
+            """UPDATE core.teacher_access
+               SET fields = %s, changed_by = %s, changed_at = now()
+               WHERE district_id = %s""",
+            (list(chosen), recorded, district.district_id),
         )
         record_act(
             conn,
@@ -378,21 +425,15 @@ def set_teacher_fields(
 
 
 def role_name(database: str, district_code: str, sourced_id: str) -> str:
-    """The login role of a person: `ds_<district>_<sourcedId>_<hash>`, at most 63 characters.
+    """The login role of a person: `ds_` and 16 hex digits of a SHA-256 over the database,
+    the district code and the exact sourcedId.
 
-    Lower-case letters, digits and `_` only (so it needs no quoting in psql); the hash of the
-    database, district and exact sourcedId keeps two people (or two databases on one server:
-    roles are server-wide) apart when cleaning or shortening would make their names alike.
+    Opaque on purpose: every login can list every role (pg_roles), so a name must tell no
+    district and no person. Deterministic, so a person's new login gets the same name back;
+    the database keeps two databases on one server apart (roles are server-wide).
     """
-    digest = hashlib.sha256(f"{database}\0{district_code}\0{sourced_id}".encode()).hexdigest()[:8]
-
-    def clean(value: str) -> str:
-        return re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")
-
-    room = 63 - len(ROLE_PREFIX) - len(digest) - 2  # two separators
-    code = clean(district_code)[:20].strip("_")
-    person = clean(sourced_id)[: max(room - len(code), 0)].strip("_")
-    return ROLE_PREFIX + "_".join(p for p in (code, person, digest) if p)
+    digest = hashlib.sha256(f"{database}\0{district_code}\0{sourced_id}".encode()).hexdigest()
+    return ROLE_PREFIX + digest[:16]
 
 
 def generate_password() -> str:
@@ -445,19 +486,120 @@ def _role_exists(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
 
 
+def _role_oid(conn: psycopg.Connection, name: str) -> int:
+    row = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _create_role(conn: psycopg.Connection, name: str, verifier: str) -> None:
     try:
         with conn.transaction():
             conn.execute(
                 sql.SQL(
                     "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT "
-                    "NOREPLICATION NOBYPASSRLS PASSWORD {}"
-                ).format(sql.Identifier(name), sql.Literal(verifier))
+                    "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {}"
+                ).format(
+                    sql.Identifier(name), sql.Literal(LOGIN_CONNECTION_LIMIT), sql.Literal(verifier)
+                )
             )
     except errors.InsufficientPrivilege:
         raise AccessError(
             "the application's database user cannot create roles: it needs CREATEROLE"
         ) from None
+
+
+_GROUP_MEMBERSHIP = (GROUP_ROLE, True, False, False)  # (role, INHERIT, SET, ADMIN)
+
+
+def _refuse_foreign_role(conn: psycopg.Connection, name: str, *, reopening: bool) -> None:
+    """Refuse to hand out an existing role unless it is exactly a login this tool makes.
+
+    Its memberships: the group with INHERIT TRUE, SET FALSE, and nothing else (none at all is
+    fine too when reopening a revoked login: the revoke took the group away). Nobody but the
+    application's own user is a member of it (a member could `SET ROLE` to it). Not a
+    superuser, not REPLICATION, not BYPASSRLS (a CREATEROLE user could not even undo those).
+    And when this database recorded the role's oid, the same role: not one dropped and made
+    again by hand under the name.
+    """
+    oid = _role_oid(conn, name)
+    mighty = conn.execute(
+        "SELECT rolsuper OR rolreplication OR rolbypassrls FROM pg_roles WHERE oid = %s", (oid,)
+    ).fetchone()
+    of = conn.execute(  # distinct: the same grant by two grantors is one membership
+        """SELECT DISTINCT g.rolname, m.inherit_option, m.set_option, m.admin_option
+           FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+           WHERE m.member = %s ORDER BY 1, 2, 3, 4""",
+        (oid,),
+    ).fetchall()
+    members = conn.execute(
+        """SELECT count(*) FROM pg_auth_members m
+           WHERE m.roleid = %s
+             AND m.member <> (SELECT oid FROM pg_roles WHERE rolname = current_user)""",
+        (oid,),
+    ).fetchone()
+    recorded = conn.execute(
+        """SELECT (detail->>'role_oid')::bigint FROM core.access_acts
+           WHERE act IN ('sql_login_create', 'sql_login_rotate') AND detail->>'role' = %s
+           ORDER BY act_id DESC LIMIT 1""",
+        (name,),
+    ).fetchone()
+    allowed = ([_GROUP_MEMBERSHIP], []) if reopening else ([_GROUP_MEMBERSHIP],)
+    if (
+        (mighty and mighty[0])
+        or (members and members[0])
+        or [tuple(m) for m in of] not in allowed
+        or (recorded is not None and recorded[0] is not None and recorded[0] != oid)
+    ):
+        raise AccessRefused(
+            f"the PostgreSQL role {name} is not as this tool makes its logins (a member of "
+            f"{GROUP_ROLE} only, with no member of its own, no superuser, replication or "
+            "bypassrls attribute, the role this database made); it is not handed out and "
+            "nothing was changed. Revoke the login (demographics access sql-login --revoke) "
+            "and create it again"
+        )
+
+
+def _restate_login(conn: psycopg.Connection, name: str, verifier: str) -> None:
+    """Set the new password and restate every attribute of a login, then check them.
+
+    PostgreSQL 16 lets a role change SUPERUSER, CREATEDB, REPLICATION or BYPASSRLS on
+    another only if it has that attribute itself: those we restate when we may, and in any
+    case refuse (rolling everything back) unless the role ends up with none of them.
+    """
+    mine = conn.execute(
+        "SELECT rolsuper, rolcreatedb, rolreplication, rolbypassrls FROM pg_roles "
+        "WHERE rolname = current_user"
+    ).fetchone()
+    assert mine is not None
+    superuser, createdb, replication, bypassrls = (bool(x) for x in mine)
+    attributes = ["LOGIN", "NOCREATEROLE", "NOINHERIT"]
+    attributes += ["NOSUPERUSER"] if superuser else []
+    attributes += ["NOCREATEDB"] if superuser or createdb else []
+    attributes += ["NOREPLICATION"] if superuser or replication else []
+    attributes += ["NOBYPASSRLS"] if superuser or bypassrls else []
+    conn.execute(
+        sql.SQL(
+            "ALTER ROLE {} WITH {} CONNECTION LIMIT {} VALID UNTIL 'infinity' PASSWORD {}"
+        ).format(
+            sql.Identifier(name),
+            sql.SQL(" ").join(sql.SQL(a) for a in attributes),
+            sql.Literal(LOGIN_CONNECTION_LIMIT),
+            sql.Literal(verifier),
+        )
+    )
+    now = conn.execute(
+        """SELECT rolcanlogin AND NOT (rolsuper OR rolcreatedb OR rolcreaterole OR rolinherit
+                                       OR rolreplication OR rolbypassrls)
+                  AND rolconnlimit = %s
+           FROM pg_roles WHERE rolname = %s""",
+        (LOGIN_CONNECTION_LIMIT, name),
+    ).fetchone()
+    if not now or not now[0]:
+        raise AccessRefused(
+            f"the PostgreSQL role {name} has attributes this database user cannot take away "
+            "(CREATEDB, REPLICATION or BYPASSRLS); it is not handed out and nothing was changed"
+        )
 
 
 def create_sql_login(
@@ -470,7 +612,9 @@ def create_sql_login(
     """Create the person's login role, or set a new password on it (rotate).
 
     The role is a member of the group role only (INHERIT TRUE, so SELECT works directly;
-    SET FALSE, so it cannot `SET ROLE` to it) and of nothing else; no attribute beyond LOGIN.
+    SET FALSE, so it cannot `SET ROLE` to it) and of nothing else; no attribute beyond LOGIN,
+    and at most LOGIN_CONNECTION_LIMIT connections. A rotation or a reopening restates all of
+    that, and refuses a role that is not exactly such a login (`_refuse_foreign_role`).
     With no `password`, one is generated and returned: print it once, store it nowhere.
     """
     generated = password is None
@@ -480,20 +624,27 @@ def create_sql_login(
     with conn.transaction():
         person = find_staff(conn, district_code, email)
         _require_view(conn)
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s::int)", (ACCESS_LOCK, person.staff_id))
+        # One login change per person at a time: a row lock on their staff record (logins
+        # cannot touch core, unlike advisory locks), checked again under the lock.
+        still = conn.execute(
+            "SELECT 1 FROM core.staff WHERE staff_id = %s AND active AND enabled FOR NO KEY UPDATE",
+            (person.staff_id,),
+        ).fetchone()
+        if still is None:
+            raise UnknownPerson(
+                f"no active staff member of district {person.district_code} has that email "
+                "(students and people of other districts cannot be given access)"
+            )
         open_login = conn.execute(
             "SELECT login_id, role_name FROM core.sql_logins "
-            "WHERE staff_id = %s AND revoked_at IS NULL",
+            "WHERE staff_id = %s AND revoked_at IS NULL FOR UPDATE",
             (person.staff_id,),
         ).fetchone()
         if open_login is not None:
             login_id, name = open_login
             if _role_exists(conn, name):
-                conn.execute(
-                    sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
-                        sql.Identifier(name), sql.Literal(verifier)
-                    )
-                )
+                _refuse_foreign_role(conn, name, reopening=False)
+                _restate_login(conn, name, verifier)
             else:  # dropped by hand: make it again under the same name
                 _create_role(conn, name, verifier)
             conn.execute(
@@ -517,11 +668,8 @@ def create_sql_login(
                         "this database made for that person; nothing was changed"
                     )
                 # This person's earlier login, revoked but kept: open it again.
-                conn.execute(
-                    sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
-                        sql.Identifier(name), sql.Literal(verifier)
-                    )
-                )
+                _refuse_foreign_role(conn, name, reopening=True)
+                _restate_login(conn, name, verifier)
             else:
                 _create_role(conn, name, verifier)
             conn.execute(
@@ -541,7 +689,7 @@ def create_sql_login(
             act,
             created_by,
             subject_staff_id=person.staff_id,
-            detail={"role": name},
+            detail={"role": name, "role_oid": _role_oid(conn, name)},
         )
     return SqlLogin(name, person, act == "sql_login_create", secret if generated else None)
 
@@ -552,7 +700,9 @@ def revoke_sql_login(
     """Close the person's login and drop its role; their open sessions are ended.
 
     Works for someone who has left the roster too. From the commit on, the view maps the role
-    to nobody, so even a session that could not be ended sees no rows.
+    to nobody, so even a session that could not be ended sees no rows. What the role owns in
+    this database (a large object, say) is dropped with it (`DROP OWNED BY`), so it cannot
+    keep the role alive; only objects in another database of the server can (dropped=False).
     """
     with conn.transaction():
         district = get_district(conn, district_code)
@@ -588,17 +738,34 @@ def revoke_sql_login(
             conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(GROUP_ROLE), ident))
             try:
                 with conn.transaction():
+                    may = conn.execute(
+                        "SELECT rolsuper OR pg_has_role(current_user, %s, 'USAGE') "
+                        "FROM pg_roles WHERE rolname = current_user",
+                        (name,),
+                    ).fetchone()
+                    if not may or not may[0]:
+                        # DROP OWNED (and ending its sessions) needs the role's privileges:
+                        # we hold ADMIN on the roles we made, so lend ourselves INHERIT; the
+                        # grant goes with the role (or with this savepoint).
+                        conn.execute(
+                            sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT TRUE, SET FALSE").format(
+                                ident
+                            )
+                        )
+                    _end_sessions(conn, int(oid[0]))  # their temporary objects go with them
+                    conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
                     conn.execute(sql.SQL("DROP ROLE {}").format(ident))
-            except errors.DependentObjectsStillExist:
-                dropped = False  # granted something by hand elsewhere: kept, but powerless
+            except (errors.DependentObjectsStillExist, errors.InsufficientPrivilege):
+                dropped = False  # it has objects or privileges in another database: kept
     if oid is not None:
         _end_sessions(conn, int(oid[0]))
     return RevokedLogin(name, dropped)
 
 
 def _end_sessions(conn: psycopg.Connection, role_oid: int) -> None:
-    """Best effort, after the commit: a session we may not end still sees nothing (its login
-    is revoked, its group membership gone). By oid: a dropped role's sessions have no name."""
+    """Best effort: a session we may not end still sees nothing once the revoke commits (its
+    login is revoked, its group membership gone). By oid: a dropped role's sessions have no
+    name."""
     try:
         with conn.transaction():
             conn.execute(
@@ -624,8 +791,102 @@ def login_roles(conn: psycopg.Connection, district_code: str | None = None) -> l
 # --- the view -----------------------------------------------------------------------------
 
 
-def apply_access_views(conn: psycopg.Connection, lock_timeout_seconds: float = 10.0) -> list[str]:
-    """(Re)apply the `_always` SQL files (the view, the grants); returns the names applied.
+_LARGE_OBJECT_CREATORS = (
+    "lo_create(oid)",
+    "lo_creat(integer)",
+    "lo_from_bytea(oid, bytea)",
+    "lo_import(text)",
+    "lo_import(text, oid)",
+)
+
+
+def owner_steps(conn: psycopg.Connection) -> list[OwnerStep]:
+    """What still lets a login create something or lean on PUBLIC, checked on the privileges
+    themselves (not on what the SQL file tried): empty when all is closed.
+
+    `sql/900_reporting_always.sql` closes these when it may (database owner, superuser) and
+    otherwise only raises a NOTICE, which a client never shows; this says what is left and
+    the statement for whoever can run it.
+    """
+    row = conn.execute(
+        """SELECT current_database(),
+                  has_database_privilege(%(g)s, current_database(), 'TEMP'),
+                  has_database_privilege(%(g)s, current_database(), 'CREATE'),
+                  EXISTS (SELECT 1 FROM pg_database d, aclexplode(d.datacl) a
+                          WHERE d.datname = current_database() AND a.privilege_type = 'CONNECT'
+                            AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(g)s)),
+                  coalesce((SELECT array_agg(n.nspname ORDER BY n.nspname)
+                            FROM pg_namespace n
+                            WHERE has_schema_privilege(%(g)s, n.oid, 'CREATE')
+                               OR (n.nspname = 'public'
+                                   AND has_schema_privilege(%(g)s, n.oid, 'USAGE'))),
+                           '{}'),
+                  coalesce((SELECT array_agg(f ORDER BY f) FROM unnest(%(lo)s::text[]) f
+                            WHERE has_function_privilege(%(g)s, f, 'EXECUTE')), '{}')""",
+        {"g": GROUP_ROLE, "lo": list(_LARGE_OBJECT_CREATORS)},
+    ).fetchone()
+    assert row is not None
+    database, temp, create, connect, schemas, large_objects = row
+    db = sql.Identifier(database).as_string(conn)
+    group = GROUP_ROLE  # a constant that needs no quoting
+    owner = f"the owner of database {database}"
+    steps = []
+    if temp:
+        steps.append(
+            OwnerStep(
+                "logins can create temporary tables and functions (TEMP on the database)",
+                owner,
+                f"REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC, {group};",
+            )
+        )
+    if create:
+        steps.append(
+            OwnerStep(
+                "logins can create schemas (CREATE on the database)",
+                owner,
+                f"REVOKE CREATE ON DATABASE {db} FROM PUBLIC, {group};",
+            )
+        )
+    if not connect:
+        steps.append(
+            OwnerStep(
+                f"{GROUP_ROLE} has no CONNECT of its own (logins stop working if PUBLIC loses it)",
+                owner,
+                f"GRANT CONNECT ON DATABASE {db} TO {group};",
+            )
+        )
+    for schema in schemas:
+        name = sql.Identifier(schema).as_string(conn)
+        if schema == "public":
+            steps.append(
+                OwnerStep(
+                    "logins can use (or create in) schema public",
+                    owner,
+                    "REVOKE ALL ON SCHEMA public FROM PUBLIC;",
+                )
+            )
+        else:
+            steps.append(
+                OwnerStep(
+                    f"logins can create objects in schema {schema}",
+                    f"the owner of schema {schema}",
+                    f"REVOKE CREATE ON SCHEMA {name} FROM PUBLIC, {group};",
+                )
+            )
+    if large_objects:
+        steps.append(
+            OwnerStep(
+                "logins can create large objects",
+                "a superuser",
+                f"REVOKE EXECUTE ON FUNCTION {', '.join(large_objects)} FROM PUBLIC;",
+            )
+        )
+    return steps
+
+
+def apply_access_views(conn: psycopg.Connection, lock_timeout_seconds: float = 10.0) -> AccessViews:
+    """(Re)apply the `_always` SQL files (the view, the grants); returns the names applied and
+    the statements left for the database owner or a superuser (`AccessViews.owner_steps`).
 
     Safe while people query: the view is replaced in place, in one transaction, so a query
     sees the old or the new view. A long query holding the view makes this give up after
@@ -634,7 +895,9 @@ def apply_access_views(conn: psycopg.Connection, lock_timeout_seconds: float = 1
     always = [m for m in migrations() if m.name.endswith("_always")]
     try:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            found = conn.execute("SELECT to_regclass('core.schema_migrations')").fetchone()
+            if found and found[0]:
+                lock_migrations(conn)
             waiting = [n for n in pending(conn) if n not in {m.path.name for m in always}]
             if waiting:
                 raise AccessError(
@@ -644,7 +907,7 @@ def apply_access_views(conn: psycopg.Connection, lock_timeout_seconds: float = 1
                 )
             conn.execute(
                 "SELECT set_config('lock_timeout', %s, true)",
-                (f"{int(lock_timeout_seconds * 1000)}ms",),
+                (f"{max(int(lock_timeout_seconds * 1000), 1)}ms",),
             )
             for migration in always:
                 conn.execute(migration.text)
@@ -660,7 +923,7 @@ def apply_access_views(conn: psycopg.Connection, lock_timeout_seconds: float = 1
         raise AccessViewsBusy(
             "the reporting view is held by a long query; nothing was changed, try again"
         ) from None
-    return [m.path.name for m in always]
+    return AccessViews(tuple(m.path.name for m in always), tuple(owner_steps(conn)))
 
 
 def view_summary(conn: psycopg.Connection, role: str) -> tuple[int, list[str]]:

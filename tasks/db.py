@@ -20,12 +20,11 @@ from pathlib import Path
 
 import polars as pl
 import psycopg
-from psycopg import sql
+from psycopg import errors, sql
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 EMBEDDED_DATABASE = "demographics"
 APPLICATION_NAME = "demographics-sync"
-MIGRATION_LOCK = 0x44454D4F  # "DEMO": one `db upgrade` at a time
 
 # Bulk-friendly settings for the embedded server (see README, "Production database").
 EMBEDDED_TUNING = {
@@ -225,48 +224,104 @@ def pending(conn: psycopg.Connection, directory: Path = SQL_DIR) -> list[str]:
     return [m.path.name for m in migrations(directory) if done.get(m.version) != m.checksum]
 
 
-def upgrade(conn: psycopg.Connection, directory: Path = SQL_DIR) -> list[str]:
+class MigrationBusy(DatabaseUnavailable):
+    """A view or grant file waited too long for a lock a long query holds; nothing of it was
+    applied (the message is safe to print)."""
+
+
+_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS core.schema_migrations (
+    version    text PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now())"""
+
+
+def lock_migrations(conn: psycopg.Connection) -> None:
+    """Take the migration lock until the transaction ends: one upgrade (or re-apply of the
+    views) at a time.
+
+    A table lock on core.schema_migrations, not an advisory lock: any login may take any
+    advisory lock (pg_advisory_lock is PUBLIC's) and so stall upgrades, while this table is
+    in a schema logins have no USAGE on. SHARE ROW EXCLUSIVE conflicts with itself and with
+    writes, not with reads: `pending()` is never blocked.
+    """
+    conn.execute("LOCK TABLE core.schema_migrations IN SHARE ROW EXCLUSIVE MODE")
+
+
+def _create_migrations_table(conn: psycopg.Connection) -> None:
+    """Make core.schema_migrations on an empty database (the lock lives on it)."""
+    for attempt in range(2):
+        found = conn.execute("SELECT to_regclass('core.schema_migrations')").fetchone()
+        if found and found[0]:
+            return
+        try:
+            with conn.transaction():
+                conn.execute("CREATE SCHEMA IF NOT EXISTS core")
+                conn.execute(_MIGRATIONS_TABLE)
+            return
+        except (errors.UniqueViolation, errors.DuplicateSchema, errors.DuplicateTable):
+            if attempt:  # another upgrade made them at the same moment, and then vanished
+                raise
+
+
+def upgrade(
+    conn: psycopg.Connection, directory: Path = SQL_DIR, lock_timeout_seconds: float = 10.0
+) -> list[str]:
     """Apply the numbered SQL files not yet applied, each in its own transaction.
 
     Files are idempotent, and the runner records each one's checksum: an applied file that
     changed is an error, not a silent re-run. Files whose name ends in `_always` (views and
-    grants) are re-applied whenever their text changes. Returns the names applied.
+    grants) are re-applied whenever their text changes; they wait at most
+    `lock_timeout_seconds` for a lock (a long query on the view), so that they never queue the
+    readers behind them, and raise MigrationBusy. Returns the names applied.
+
+    Each file is decided and applied under the migration lock (`lock_migrations`), so two
+    upgrades at once apply each file once.
     """
     applied: list[str] = []
     was_autocommit = conn.autocommit
     conn.autocommit = True
-    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS core")
-        conn.execute(
-            """CREATE TABLE IF NOT EXISTS core.schema_migrations (
-                   version    text PRIMARY KEY,
-                   name       text NOT NULL,
-                   checksum   text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        done = dict(conn.execute("SELECT version, checksum FROM core.schema_migrations").fetchall())
+        _create_migrations_table(conn)
         for migration in migrations(directory):
-            previous = done.get(migration.version)
-            if previous == migration.checksum:
-                continue
-            if previous is not None and not migration.name.endswith("_always"):
-                raise MigrationChanged(
-                    f"sql/{migration.path.name} was changed after it was applied; "
-                    "put the change in a new numbered file"
-                )
-            with conn.transaction():
-                conn.execute(migration.text)
-                conn.execute(
-                    """INSERT INTO core.schema_migrations (version, name, checksum)
-                       VALUES (%s, %s, %s)
-                       ON CONFLICT (version) DO UPDATE
-                       SET name = excluded.name, checksum = excluded.checksum,
-                           applied_at = now()""",
-                    (migration.version, migration.name, migration.checksum),
-                )
+            always = migration.name.endswith("_always")
+            try:
+                with conn.transaction():
+                    lock_migrations(conn)
+                    row = conn.execute(
+                        "SELECT checksum FROM core.schema_migrations WHERE version = %s",
+                        (migration.version,),
+                    ).fetchone()
+                    previous = None if row is None else row[0]
+                    if previous == migration.checksum:
+                        continue
+                    if previous is not None and not always:
+                        raise MigrationChanged(
+                            f"sql/{migration.path.name} was changed after it was applied; "
+                            "put the change in a new numbered file"
+                        )
+                    if always:
+                        conn.execute(
+                            "SELECT set_config('lock_timeout', %s, true)",
+                            (f"{max(int(lock_timeout_seconds * 1000), 1)}ms",),
+                        )
+                    conn.execute(migration.text)
+                    conn.execute(
+                        """INSERT INTO core.schema_migrations (version, name, checksum)
+                           VALUES (%s, %s, %s)
+                           ON CONFLICT (version) DO UPDATE
+                           SET name = excluded.name, checksum = excluded.checksum,
+                               applied_at = now()""",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+            except errors.LockNotAvailable:
+                raise MigrationBusy(
+                    f"sql/{migration.path.name} waited {lock_timeout_seconds:g} s for a lock "
+                    "held by a long query or an open transaction (on the reporting view, "
+                    "usually) and was not applied; the files before it were. Try again, or "
+                    "end that session (pg_stat_activity shows it)"
+                ) from None
             applied.append(migration.path.name)
     finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         conn.autocommit = was_autocommit
     return applied

@@ -7,7 +7,8 @@ key only.
 
 The drop is written by people outside the project, so nothing in it is trusted: names are
 checked before they become paths, links are never followed, sizes are capped before and while
-reading, and a download lives only in a private (0700) staging folder that is always removed.
+reading, and a download lives only in a private (0700) staging folder that is always removed
+(`clean_staging` removes the ones a killed worker left).
 Messages and log lines carry file names (escaped) and counts, never file contents.
 """
 
@@ -17,6 +18,7 @@ import asyncio
 import errno
 import hashlib
 import logging
+import math
 import os
 import posixpath
 import re
@@ -48,6 +50,10 @@ KEEPALIVE_SECONDS = 15.0
 KEEPALIVE_COUNT_MAX = 4
 CHUNK_BYTES = 256 * 1024
 DISTRICT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # as core.districts.code
+STAGING_PREFIX = "demographics-"
+# what tempfile.mkdtemp(prefix=STAGING_PREFIX) makes: the prefix and 8 of its name characters
+_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
+_STAGED_FILES = {"download.csv"}
 
 REASON_UNSAFE_NAME = "unsafe name"
 REASON_LINK = "a link"
@@ -111,6 +117,16 @@ class DropMisconfigured(DropError):
     """The settings cannot work: a bad URL, an sftp:// drop without known_hosts or key, ..."""
 
 
+class FileGone(DropRefused):
+    """The file left the drop after it was listed (the district removed or renamed it); there is
+    nothing to take or delete, and nothing to retry."""
+
+
+class FileChanged(DropRefused):
+    """The file is not the one that was read (another upload replaced it): it is left in the drop
+    so that the next run processes the new version instead of deleting it unread."""
+
+
 class Drop(Protocol):
     """Either backend; every method checks the district code and the file name first."""
 
@@ -120,7 +136,9 @@ class Drop(Protocol):
 
     def fetch(self, district: str, name: str) -> FetchedFile: ...
 
-    def delete(self, district: str, name: str) -> bool: ...
+    def delete(
+        self, district: str, name: str, expect: DropFile | FetchedFile | None = None
+    ) -> bool: ...
 
     def put(self, district: str, name: str, data: bytes) -> None: ...
 
@@ -296,8 +314,29 @@ def _too_large(name: str, size: int, limit: int, *, at_least: bool = False) -> D
     )
 
 
-def _gone(name: str) -> DropRefused:
-    return DropRefused(f"{name} is no longer in the drop")
+def _gone(name: str) -> FileGone:
+    return FileGone(f"{name} is no longer in the drop")
+
+
+def _whole_seconds(when: datetime) -> int:
+    """A time at the precision SFTP reports (whole seconds), so both backends compare alike."""
+    return math.floor(when.timestamp())
+
+
+def _check_unchanged(
+    name: str, expect: DropFile | FetchedFile, size: int | None, mtime: float | None
+) -> None:
+    """Raise FileChanged unless the entry still has the size and time of the file that was read:
+    deleting a newer upload would lose it unread."""
+    if (
+        size is None
+        or mtime is None
+        or size != expect.size
+        or _whole_seconds(datetime.fromtimestamp(mtime, UTC)) != _whole_seconds(expect.modified)
+    ):
+        raise FileChanged(
+            f"{name} changed since it was read (size or time differs); left for the next run"
+        )
 
 
 def _open_staged(path: Path) -> int:
@@ -350,7 +389,7 @@ def _fetch_staged(
     and returns the file's modification time.
     """
     try:
-        folder = tempfile.mkdtemp(prefix="demographics-", dir=settings.staging_dir)
+        folder = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=settings.staging_dir)
     except OSError as exc:
         raise DropMisconfigured(
             f"cannot make a staging folder in {settings.staging_dir or tempfile.gettempdir()}: "
@@ -358,7 +397,7 @@ def _fetch_staged(
         ) from None
     try:
         os.chmod(folder, 0o700)
-        staged = Path(folder) / "download.csv"
+        staged = Path(folder) / "download.csv"  # the one name clean_staging accepts
         modified = download(staged)
         data = staged.read_bytes()
     finally:
@@ -375,6 +414,76 @@ def _fetch_staged(
         modified=modified,
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def clean_staging(settings: Settings, older_than_seconds: float = 3600.0) -> int:
+    """Remove staging folders a killed worker left behind (its `finally` never ran), since they
+    may hold a district file; return how many were removed.
+
+    Only folders this module makes are touched: named as mkdtemp names them, owned by this
+    user, holding nothing but a download, and untouched for `older_than_seconds` (a download in
+    progress keeps writing, so it stays). Links are never followed.
+    """
+    where = settings.staging_dir or Path(tempfile.gettempdir())
+    try:
+        parent = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise DropMisconfigured(
+            f"cannot open the staging folder {where}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    try:
+        with os.scandir(parent) as it:
+            names = [e.name for e in it if _STAGING_NAME.fullmatch(e.name)]
+        for name in names:
+            try:
+                if not _is_stale_staging(parent, name, cutoff):
+                    continue
+                shutil.rmtree(name, dir_fd=parent)  # never follows links (fd-based)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            except OSError as exc:
+                logger.warning(
+                    "could not remove the stale staging folder %s: %s",
+                    Path(where) / name,
+                    exc.strerror or type(exc).__name__,
+                )
+                continue
+            removed += 1
+            logger.warning("removed the stale staging folder %s", Path(where) / name)
+    finally:
+        os.close(parent)
+    return removed
+
+
+def _is_stale_staging(parent: int, name: str, cutoff: float) -> bool:
+    """Whether `name` in `parent` is one of our staging folders, last touched before `cutoff`."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        folder = os.open(name, flags, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return False  # a link or a file: not ours
+        raise
+    try:
+        st = os.fstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        newest = st.st_mtime
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name not in _STAGED_FILES:
+                    return False
+                entry_st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(entry_st.st_mode):
+                    return False
+                newest = max(newest, entry_st.st_mtime)
+        return newest < cutoff
+    finally:
+        os.close(folder)
 
 
 # --- the local folder -----------------------------------------------------------------------
@@ -482,19 +591,31 @@ class LocalDrop:
 
         return _fetch_staged(self.settings, name, download)
 
-    def delete(self, district: str, name: str) -> bool:
-        """Remove the file; False when it was already gone. Links and folders are refused."""
+    def delete(
+        self, district: str, name: str, expect: DropFile | FetchedFile | None = None
+    ) -> bool:
+        """Remove the file; False when it was already gone. Links and folders are refused.
+
+        With `expect` (the file as listed or fetched), only that file is removed: FileChanged
+        when its size or time differ (a newer upload), FileGone when it is no longer there.
+        """
         check_name(name)
         folder = self._open_folder(district)
         if folder is None:
+            if expect is not None:
+                raise _gone(name)
             return False
         try:
             st = os.stat(name, dir_fd=folder, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
                 kind = REASON_LINK if stat.S_ISLNK(st.st_mode) else REASON_NOT_REGULAR
                 raise DropRefused(f"{name} is {kind}; it is not deleted")
+            if expect is not None:
+                _check_unchanged(name, expect, st.st_size, st.st_mtime)
             os.unlink(name, dir_fd=folder)
         except FileNotFoundError:
+            if expect is not None:
+                raise _gone(name) from None
             return False
         except OSError as exc:
             raise DropRefused(
@@ -588,19 +709,36 @@ class SftpDrop:
                 f"the known_hosts file {self.known_hosts} is missing; the SFTP drop's host key "
                 "must be pinned there"
             )
+        # Every option whose default reads ~/.ssh (or the environment) is set: only the pinned
+        # known_hosts and the configured key decide who the server is and who we are.
         async with (
             asyncssh.connect(
                 self.host,
                 self.port,
                 username=self.username,
-                client_keys=[str(self.ssh_key)],
-                known_hosts=str(self.known_hosts),  # never None: None disables the check
-                agent_path=None,
                 config=None,  # ~/.ssh/config must not change where or how we connect
+                known_hosts=str(self.known_hosts),  # never None: None disables the check
+                # X.509 host certificates would be checked against ~/.ssh/ca-bundle.crt and
+                # ~/.ssh/crt instead of known_hosts: never trust those
+                x509_trusted_certs=None,
+                x509_trusted_cert_paths=None,
+                # the key as configured, nothing else: no ~/.ssh/id_* (agent identities), no
+                # `<key>-cert.pub` or `<key>.pub` picked up beside it, no agent, no PKCS#11
+                client_keys=[self._client_key()],
+                client_certs=[],
+                ignore_encrypted=False,
+                agent_path=None,
+                agent_identities=None,
+                agent_forwarding=False,
+                pkcs11_provider=None,
+                client_host_keysign=False,
+                client_host_keys=None,
+                host_based_auth=False,
                 password_auth=False,
                 kbdint_auth=False,
+                gss_host=None,
+                gss_kex=False,
                 gss_auth=False,
-                host_based_auth=False,
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 login_timeout=LOGIN_TIMEOUT_SECONDS,
                 keepalive_interval=KEEPALIVE_SECONDS,
@@ -609,6 +747,17 @@ class SftpDrop:
             conn.start_sftp_client() as sftp,
         ):
             return await op(sftp)
+
+    def _client_key(self) -> asyncssh.SSHKey:
+        """The configured key, loaded here: asyncssh given a path also loads files beside it."""
+        import asyncssh
+
+        try:
+            return asyncssh.read_private_key(self.ssh_key)
+        except (OSError, asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+            raise DropMisconfigured(
+                f"the SSH key {self.ssh_key} cannot be used: {_short_reason(exc)}"
+            ) from None
 
     def _call(self, action: str, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
         """Run `op` on a fresh connection; retry transient failures with a doubling wait."""
@@ -652,6 +801,10 @@ class SftpDrop:
                 asyncssh.ChannelOpenError,
                 asyncssh.SFTPConnectionLost,
                 asyncssh.SFTPNoConnection,
+                # The generic failure: what a server answers when its side of a transfer broke,
+                # or just before it drops the connection (then the failure, not the lost
+                # connection, may be what the client sees first); a fresh connection may work.
+                asyncssh.SFTPFailure,
             ) as exc:
                 last, reason = exc, _short_reason(exc)
                 if attempt < attempts:
@@ -768,24 +921,44 @@ class SftpDrop:
 
         return _fetch_staged(self.settings, name, download)
 
-    def delete(self, district: str, name: str) -> bool:
-        """Remove the file; False when it was already gone. Links and folders are refused."""
+    def delete(
+        self, district: str, name: str, expect: DropFile | FetchedFile | None = None
+    ) -> bool:
+        """Remove the file; False when it was already gone. Links and folders are refused.
+
+        With `expect` (the file as listed or fetched), only that file is removed: FileChanged
+        when its size or time differ (a newer upload), FileGone when it is no longer there.
+        """
         import asyncssh
 
         path = self._path(district, name)
+        removing = False  # a remove was sent: if the connection broke, it may have been done
+
+        def missing() -> bool:
+            if removing:
+                return True  # gone after our own remove: the retry finds it done
+            if expect is not None:
+                raise _gone(name)
+            return False
 
         async def op(sftp: asyncssh.SFTPClient) -> bool:
+            nonlocal removing
             attrs = await self._lstat(sftp, path)
             if attrs is None:
-                return False
+                return missing()
             if attrs.permissions is None or not stat.S_ISREG(attrs.permissions):
                 link = attrs.permissions is not None and stat.S_ISLNK(attrs.permissions)
                 kind = REASON_LINK if link else REASON_NOT_REGULAR
                 raise DropRefused(f"{name} is {kind}; it is not deleted")
+            if expect is not None:
+                mtime = None if attrs.mtime is None else float(attrs.mtime)
+                _check_unchanged(name, expect, attrs.size, mtime)
             try:
+                removing = True
                 await sftp.remove(path)
             except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
-                return False
+                removing = False
+                return missing()
             except asyncssh.SFTPPermissionDenied:
                 raise DropRefused(f"{name} cannot be deleted: permission denied") from None
             return True

@@ -6,13 +6,15 @@ markup or formulas: the HTML part is rendered with autoescape on, the text part 
 characters escaped, and the CSV attachment neutralises spreadsheet formulas.
 
 Nothing here logs a message's contents, and a `MailError` names the server and what went wrong,
-never the message or the password.
+never the message or the password; its `transient` says whether trying again later may help.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import email.policy
+import errno
 import io
 import ipaddress
 import os
@@ -58,12 +60,25 @@ _INVISIBLE = {i: f"\\x{i:02x}" for i in range(0x80, 0xA0)} | {
         *range(0x2066, 0x206A),
     )
 }
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet runs a cell as a formula when it starts with one of these, even after spaces
+# (NBSP included) or written in fullwidth forms; tab and CR at the very start count too.
+_FORMULA_START = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_CONTROL_START = ("\t", "\r")
+_LEADING_BLANK = re.compile(r"[\s\u200b-\u200d\u2060\ufeff]*")  # spaces, NBSP, zero-width
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class MailError(Exception):
-    """Sending failed; the message is safe to print (no message contents, no password)."""
+    """Sending failed; the message is safe to print (no message contents, no password).
+
+    `transient` says whether trying again later may work (the server is down or busy, a 4xx
+    reply) or not before someone changes something (settings, certificates, credentials, a
+    5xx refusal), so that callers retry only the first kind.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -335,8 +350,13 @@ def _tidy(msg: EmailMessage) -> EmailMessage:
 
 
 def _neutral(cell: Any) -> Any:
-    """A cell a spreadsheet will not run as a formula: a leading quote before = + - @ tab CR."""
-    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
+    """A cell a spreadsheet will not run as a formula: a leading quote when it starts with tab
+    or CR, or when its first visible character is = + - @ (ASCII or fullwidth)."""
+    if not isinstance(cell, str):
+        return cell
+    blank = _LEADING_BLANK.match(cell)
+    visible = cell[blank.end() :] if blank else cell
+    if cell.startswith(_CONTROL_START) or visible.startswith(_FORMULA_START):
         return "'" + cell
     return cell
 
@@ -445,50 +465,74 @@ def _tls_context(settings: Settings) -> ssl.SSLContext:
         raise MailError(f"cannot read the SMTP CA file {ca}") from exc
 
 
+def _is_4xx(code: object) -> bool:
+    """A 4xx reply is the server saying "not now" (busy, greylisting, a full queue)."""
+    return isinstance(code, int) and 400 <= code < 500
+
+
 def _smtp_failure(exc: smtplib.SMTPException, where: str) -> MailError:
     """A safe description: the server's reply code, never its text (a server may quote what
-    it was sent, credentials included)."""
+    it was sent, credentials included). Transient for a 4xx reply or a dropped connection."""
     code = getattr(exc, "smtp_code", None)
     said = f" ({code})" if code else ""
+    transient = _is_4xx(code)
     if isinstance(exc, smtplib.SMTPAuthenticationError):
-        return MailError(f"authentication failed at SMTP server {where}{said}")
+        return MailError(f"authentication failed at SMTP server {where}{said}", transient=transient)
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         return MailError(
             f"SMTP server {where} does not support what sending needs (AUTH, or SMTPUTF8 for "
             "non-ASCII addresses)"
         )
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = sorted({str(reply[0]) for reply in exc.recipients.values()})
+        replies = [reply[0] for reply in exc.recipients.values()]
+        codes = ", ".join(sorted({str(c) for c in replies}))
         return MailError(
-            f"SMTP server {where} refused all {len(exc.recipients)} recipients ({', '.join(codes)})"
+            f"SMTP server {where} refused all {len(exc.recipients)} recipients ({codes})",
+            transient=bool(replies) and all(_is_4xx(c) for c in replies),
         )
     if isinstance(exc, smtplib.SMTPSenderRefused):
-        return MailError(f"SMTP server {where} refused the sender address{said}")
+        return MailError(
+            f"SMTP server {where} refused the sender address{said}", transient=transient
+        )
     if isinstance(exc, smtplib.SMTPDataError):
-        return MailError(f"SMTP server {where} refused the message{said}")
+        return MailError(f"SMTP server {where} refused the message{said}", transient=transient)
     if isinstance(exc, smtplib.SMTPConnectError):
-        return MailError(f"SMTP server {where} refused the connection{said}")
+        return MailError(f"SMTP server {where} refused the connection{said}", transient=transient)
     if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return MailError(f"SMTP server {where} closed the connection unexpectedly")
-    return MailError(f"SMTP server {where} answered with an error{said}")
+        return MailError(f"SMTP server {where} closed the connection unexpectedly", transient=True)
+    return MailError(f"SMTP server {where} answered with an error{said}", transient=transient)
 
 
 def _network_failure(exc: OSError, target: _Target) -> MailError:
+    """A safe description; transient unless the failure is one a retry cannot fix (the
+    certificate, the TLS setup, a host name that does not exist)."""
     where = target.where
     if isinstance(exc, ssl.SSLCertVerificationError):
         return MailError(
             f"could not verify the certificate of SMTP server {where}: {exc.verify_message} "
             "(set DEMOGRAPHICS_SMTP_CA_FILE for a private CA)"
         )
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return MailError(f"SMTP server {where} closed the connection during TLS", transient=True)
     if isinstance(exc, ssl.SSLError):
         return MailError(f"TLS with SMTP server {where} failed ({exc.reason or 'handshake'})")
     if isinstance(exc, ConnectionRefusedError):
-        return MailError(f"SMTP server {where} refused the connection")
+        return MailError(f"SMTP server {where} refused the connection", transient=True)
     if isinstance(exc, socket.gaierror):
+        if exc.errno == socket.EAI_AGAIN:
+            return MailError(
+                f"cannot resolve the SMTP server's host name {target.host} right now (DNS "
+                "temporarily failing)",
+                transient=True,
+            )
         return MailError(f"cannot resolve the SMTP server's host name {target.host}")
     if isinstance(exc, TimeoutError):
-        return MailError(f"SMTP server {where} did not answer within {SMTP_TIMEOUT_SECONDS:g} s")
-    return MailError(f"cannot reach SMTP server {where} ({exc.strerror or type(exc).__name__})")
+        return MailError(
+            f"SMTP server {where} did not answer within {SMTP_TIMEOUT_SECONDS:g} s", transient=True
+        )
+    return MailError(
+        f"cannot reach SMTP server {where} ({exc.strerror or type(exc).__name__})", transient=True
+    )
 
 
 def _send_smtp(msg: EmailMessage, target: _Target, context: ssl.SSLContext) -> Delivery:
@@ -563,31 +607,59 @@ def _html_part(msg: EmailMessage) -> str | None:
     return None
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Create the file 0600 (never an existing file, never through a symlink)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_private(folder: int, name: str, data: bytes) -> None:
+    """Create the file 0600 in the open folder (never an existing file, never through a
+    symlink)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o600, dir_fd=folder)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
+
+
+def _open_outbox(outbox: Path) -> int:
+    """The outbox folder, opened (made 0700 if missing) and set to 0700. A link in its place is
+    refused, not followed: a chmod through it would change some other folder, and messages
+    written through it would land outside the outbox."""
+    outbox.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        outbox.mkdir(mode=0o700)
+    try:
+        folder = os.open(outbox, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        kind = "a link" if outbox.is_symlink() else "not a folder"
+        raise MailError(
+            f"the outbox {outbox} is {kind}; nothing was written (make it a plain folder)"
+        ) from None
+    try:
+        os.fchmod(folder, 0o700)  # the folder itself, whatever mode it was made with
+    except OSError:
+        os.close(folder)
+        raise
+    return folder
 
 
 def _write_outbox(msg: EmailMessage, outbox: Path) -> Delivery:
     """The message as `.eml`, plus its HTML part as `.html` to open in a browser; the outbox is
     private (0700), since messages show values from district files."""
     try:
-        outbox.mkdir(mode=0o700, parents=True, exist_ok=True)
-        outbox.chmod(0o700)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        district = _SAFE_NAME.sub("-", str(msg.get(DISTRICT_HEADER, ""))).strip("-.")
-        stem = f"{stamp}-{district[:60] or 'message'}-{secrets.token_hex(4)}"
-        eml = outbox / f"{stem}.eml"
-        _write_private(eml, msg.as_bytes())
-        paths = [eml]
-        html = _html_part(msg)
-        if html is not None:
-            paths.append(outbox / f"{stem}.html")
-            _write_private(paths[-1], html.encode("utf-8"))
+        folder = _open_outbox(outbox)
+        try:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            district = _SAFE_NAME.sub("-", str(msg.get(DISTRICT_HEADER, ""))).strip("-.")
+            stem = f"{stamp}-{district[:60] or 'message'}-{secrets.token_hex(4)}"
+            _write_private(folder, f"{stem}.eml", msg.as_bytes())
+            paths = [outbox / f"{stem}.eml"]
+            html = _html_part(msg)
+            if html is not None:
+                _write_private(folder, f"{stem}.html", html.encode("utf-8"))
+                paths.append(outbox / f"{stem}.html")
+        finally:
+            os.close(folder)
     except OSError as exc:
         raise MailError(
-            f"cannot write to the outbox {outbox} ({exc.strerror or type(exc).__name__})"
+            f"cannot write to the outbox {outbox} ({exc.strerror or type(exc).__name__})",
+            transient=exc.errno in (errno.ENOSPC, errno.EDQUOT),  # a full disk may be freed
         ) from exc
-    return Delivery("written", str(eml), tuple(paths))
+    return Delivery("written", str(paths[0]), tuple(paths))

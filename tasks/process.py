@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Literal, ParamSpec, TypeVar
 
@@ -27,10 +27,14 @@ from tasks.drop import (
     DropFile,
     DropListing,
     FetchedFile,
+    FileChanged,
+    FileGone,
+    RefusedEntry,
     check_name,
     megabytes,
     open_drop,
 )
+from tasks.drop import clean_staging as _clean_staging
 from tasks.mail import Delivery, MailError, build_notice_message, build_results_message
 from tasks.mail import send_message as _send_message
 from tasks.settings import Settings, load_settings
@@ -108,18 +112,38 @@ def active_districts() -> list[str]:
 
 
 @safe_step
+def clean_staging() -> int:
+    """Remove download folders a killed worker left behind (their `finally` never ran)."""
+    return _clean_staging(load_settings())
+
+
+@safe_step
 def list_drop(district: str) -> DropListing:
     return open_drop(load_settings()).list(district)
 
 
 @safe_step
-def fetch_file(district: str, name: str) -> FetchedFile:
-    return open_drop(load_settings()).fetch(district, check_name(name))
+def fetch_file(district: str, name: str) -> FetchedFile | None:
+    """The file's bytes, or None when it is no longer in the drop (another run took it, or
+    the district removed it): nothing to do then. A file modified within the settling time
+    may still be uploading, and is refused even when asked for by name."""
+    settings = load_settings()
+    try:
+        fetched = open_drop(settings).fetch(district, check_name(name))
+    except FileGone:
+        return None
+    age = (datetime.now(UTC) - fetched.modified).total_seconds()
+    if age < settings.settle_seconds:
+        raise StepFailed(
+            f"{fetched.name} was modified {max(age, 0):.0f} s ago and may still be uploading; "
+            f"it is left in the drop (try again after {settings.settle_seconds:g} s)"
+        )
+    return fetched
 
 
-@safe_step
-def delete_file(district: str, name: str) -> bool:
-    return open_drop(load_settings()).delete(district, check_name(name))
+def source_of(fetched: FetchedFile) -> DropFile:
+    """The name, size and time of what was read: only that very file may be deleted."""
+    return DropFile(fetched.name, fetched.size, fetched.modified)
 
 
 @safe_step
@@ -136,8 +160,10 @@ def sync_file(
     fetched: FetchedFile,
     mode: Mode,
     requested_by: str,
-    approve: bool = False,
+    approved_by: str | None = None,
 ) -> SyncOutcome:
+    """Preview or sync the fetched file; with `approved_by` (a data manager), apply it over
+    its hold, recording the approval with the run that applies it."""
     settings = load_settings()
     return run_file(
         _url(settings),
@@ -145,9 +171,11 @@ def sync_file(
         fetched.data,
         fetched.name,
         mode=mode,
-        approve=approve,
+        approve=approved_by is not None,
         requested_by=requested_by,
         lock_wait_seconds=settings.lock_wait_seconds,
+        approved_by=approved_by,
+        via=requested_by,
     )
 
 
@@ -158,31 +186,30 @@ def held_sync(run_id: int) -> store.HeldRun:
 
 
 @safe_step
-def approver(held: store.HeldRun, approved_by: str) -> str:
-    """Only a data manager of the district approves a hold; the act is recorded with who and
-    when (the run that applies it records them again). Returns the email as on record."""
+def check_approver(held: store.HeldRun, approved_by: str) -> None:
+    """Refuse early, before anything is fetched: only a data manager of the district
+    approves. The approval itself is recorded by the sync that applies the file."""
     with connect(_url(), autocommit=True) as conn:
-        return access.record_manager_act(
-            conn, held.district, approved_by, "approve_held_sync", {"run_id": held.run_id}
-        )
+        access.require_manager(conn, held.district, approved_by)
 
 
 @safe_step
-def discard_held(run_id: int, discarded_by: str) -> tuple[store.HeldRun, str]:
+def discard_held(run_id: int, discarded_by: str, via: str) -> tuple[store.HeldRun, str]:
     """A data manager's decision, recorded (act and resolution in one transaction) before the
     file is removed, and only if it is that file. Returns the run and the manager's email."""
     with connect(_url(), autocommit=True) as conn, conn.transaction():
         held = store.held_run(conn, run_id)
         district = store.get_district(conn, held.district)
         by = access.record_manager_act(
-            conn, held.district, discarded_by, "discard_held_sync", {"run_id": run_id}
+            conn, held.district, discarded_by, "discard_held_sync", {"run_id": run_id}, via=via
         )
         store.discard_holds(conn, district.district_id, by, run_id=run_id)
         return held, by
 
 
 @safe_step
-def apply_access_views() -> list[str]:
+def apply_access_views() -> access.AccessViews:
+    """The view and grants, and what the database owner must still do (when we are not it)."""
     with connect(_url(), autocommit=True) as conn:
         return access.apply_access_views(conn)
 
@@ -209,13 +236,19 @@ def results_message(district: str, outcome: SyncOutcome) -> EmailMessage:
 
 
 @safe_step
-def notice_message(district: str, subject: str, lines: list[str]) -> EmailMessage:
+def notice_message(district: str, notice: Notice) -> EmailMessage:
     settings = load_settings()
     with connect(_url(settings), autocommit=True) as conn:
         found, recipients = _addressees(conn, district)
     return build_notice_message(
-        found.code, found.name, subject, lines, recipients, settings.mail_from
+        found.code, found.name, notice.subject, notice.lines, recipients, settings.mail_from
     )
+
+
+def transient_mail_failure(exc: BaseException | None) -> bool:
+    """Worth another try: the server was unreachable or said "try later". A bad address,
+    password or certificate fails the same way every time."""
+    return isinstance(exc, MailError) and exc.transient
 
 
 @safe_step
@@ -258,16 +291,141 @@ def settle_rule(status: str) -> tuple[bool, str]:
 
 
 @safe_step
-def settle_file(district: str, name: str, status: str, run_id: int | None) -> Settled:
-    """Delete the source file after a committed outcome that has used it up; keep it else."""
+def settle_file(district: str, source: DropFile, status: str, run_id: int | None) -> Settled:
+    """Delete the source file after a committed outcome that has used it up; keep it else.
+    Only the very file that was read goes: one replaced since (another upload under the same
+    name) is left for the next run."""
     delete, reason = settle_rule(status)
     if not delete:
         return Settled("kept", reason)
-    gone = not open_drop(load_settings()).delete(district, check_name(name))
+    try:
+        open_drop(load_settings()).delete(district, check_name(source.name), source)
+        gone = False
+    except FileChanged:
+        return Settled("kept", "it was replaced after it was read: the new file waits")
+    except FileGone:
+        gone = True
     if run_id is not None:
         with connect(_url(), autocommit=True) as conn:
             store.record_file_deleted(conn, [run_id])
     return Settled("already gone" if gone else "deleted", reason)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What the data managers are told about their drop, in words; never a file's contents."""
+
+    subject: str
+    lines: list[str]
+
+
+@dataclass
+class DropPlan:
+    """A listing judged against what the service saw before."""
+
+    ready: list[DropFile]
+    settling: list[DropFile]
+    too_large: list[DropFile]
+    expired: list[DropFile]
+    refused: list[RefusedEntry]  # all refused entries now in the drop
+    refused_news: list[RefusedEntry]  # those the data managers have not been told about
+
+
+@safe_step
+def plan_drop(district: str, listing: DropListing) -> DropPlan:
+    """Judge each file's age from when the service first saw it unchanged (an upload tool
+    may keep the original modification time), and note which refusals are news."""
+    settings = load_settings()
+    limit = settings.max_file_bytes
+    files = [*listing.ready, *listing.settling, *listing.too_large, *listing.expired]
+    with connect(_url(settings), autocommit=True) as conn, conn.transaction():
+        found = store.get_district(conn, district)
+        first_seen = store.observe_drop(
+            conn,
+            found.district_id,
+            [(f.name, f.size, f.modified) for f in files],
+            [(r.name, r.reason) for r in listing.refused],
+        )
+        news = store.refusals_to_report(conn, found.district_id)
+    cutoff = datetime.now(UTC) - timedelta(days=settings.retention_days)
+    expired = [f for f in files if first_seen[f.name] <= cutoff]
+    kept = {f.name for f in expired}
+    plan = DropPlan(
+        ready=[f for f in [*listing.ready, *listing.expired] if f.name not in kept],
+        settling=[f for f in listing.settling if f.name not in kept],
+        too_large=[f for f in listing.too_large if f.name not in kept],
+        expired=sorted(expired, key=lambda f: (f.modified, f.name)),
+        refused=listing.refused,
+        refused_news=[r for r in listing.refused if r.name in news],
+    )
+    # A file judged young again after all (old time, newly seen) may be over the limit.
+    plan.too_large += [f for f in plan.ready if f.size > limit]
+    plan.ready = sorted(
+        (f for f in plan.ready if f.size <= limit), key=lambda f: (f.modified, f.name)
+    )
+    return plan
+
+
+@safe_step
+def refusals_reported(district: str, entries: list[RefusedEntry]) -> None:
+    with connect(_url(), autocommit=True) as conn:
+        found = store.get_district(conn, district)
+        store.mark_refusals_reported(conn, found.district_id, [r.name for r in entries])
+
+
+def expiry_notice(names: list[str]) -> Notice:
+    retention = load_settings().retention_days
+    return Notice(
+        f"{len(names)} old files deleted from the drop",
+        [
+            f"These files were in the drop for more than {retention:g} days and were deleted "
+            "without being synced (a held sync among them is discarded):",
+            *names,
+            "Upload a file again if it is still needed.",
+        ],
+    )
+
+
+def refused_notice(entries: list[RefusedEntry]) -> Notice:
+    return Notice(
+        f"{len(entries)} entries in the drop were not taken",
+        [
+            "These entries in the drop are left alone, and nothing in them is synced; remove "
+            "them, or upload the file again as a plain file with a simple name ending in .csv:",
+            *(f"{r.name}: {r.reason}" for r in entries),
+        ],
+    )
+
+
+def discard_notice(held: store.HeldRun, manager: str, fate: str) -> Notice:
+    return Notice(
+        f"held sync {held.run_id} discarded",
+        [
+            f"The held sync {held.run_id} of {held.file_name} was discarded by {manager}; "
+            "nothing was applied.",
+            f"Source file: {fate}.",
+        ],
+    )
+
+
+@safe_step
+def discard_source_file(held: store.HeldRun) -> str:
+    """Delete the discarded file only if the drop still holds that very file (same SHA-256);
+    says what happened to it."""
+    drop = open_drop(load_settings())
+    try:
+        fetched = drop.fetch(held.district, check_name(held.file_name))
+    except FileGone:
+        return "already gone"
+    if fetched.sha256 != held.file_sha256:
+        return "left alone: the drop now has a different file under that name"
+    try:
+        drop.delete(held.district, fetched.name, source_of(fetched))
+    except FileChanged:
+        return "left alone: it was replaced while it was being checked"
+    except FileGone:
+        return "already gone"
+    return "deleted"
 
 
 @safe_step
@@ -279,16 +437,21 @@ def expire_files(district: str, files: list[DropFile], requested_by: str) -> lis
     with connect(_url(settings), autocommit=True) as conn:
         found = store.get_district(conn, district)
         for f in files:
+            try:
+                drop.delete(district, check_name(f.name), f)
+            except FileChanged:
+                continue  # a new upload under that name: it is judged afresh next time
+            except FileGone:
+                pass
             store.discard_holds(conn, found.district_id, requested_by, file_name=f.name)
-            drop.delete(district, check_name(f.name))
             deleted.append(f.name)
     return deleted
 
 
 @safe_step
-def reject_unread(district: str, file: DropFile, requested_by: str) -> tuple[int, str]:
-    """Record a file too large to read as a rejected run (id and message); the caller then
-    tells the data managers and deletes it, as after any rejection."""
+def reject_unread(district: str, file: DropFile, requested_by: str) -> tuple[int, Notice]:
+    """Record a file too large to read as a rejected run; the caller then tells the data
+    managers (the notice) and deletes it, as after any rejection."""
     settings = load_settings()
     message = (
         f"{file.name} is {megabytes(file.size)}, over the limit of "
@@ -309,7 +472,7 @@ def reject_unread(district: str, file: DropFile, requested_by: str) -> tuple[int
                 started_at=datetime.now(UTC),
                 message=message,
             )
-    return run_id, message
+    return run_id, Notice(f"{file.name} rejected: too large", [message])
 
 
 @safe_step

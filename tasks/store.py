@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import errors
-
-LOCK_CLASS = 0x53594E43  # "SYNC": first key of the per-district advisory lock
 
 
 class UnknownDistrict(Exception):
@@ -58,23 +56,28 @@ def get_district(conn: psycopg.Connection, code: str) -> District:
 def lock_district(cur: psycopg.Cursor, district_id: int, code: str, wait_seconds: float) -> None:
     """Take the district's transaction lock: syncs, undos and roster loads never interleave.
 
-    The lock is released when the transaction ends (commit, rollback or a dropped connection).
-    Waits up to `wait_seconds`, then refuses with a clear message.
+    The lock is the district's row in `core.districts`, locked `FOR NO KEY UPDATE`: a table
+    no SQL login can read, so (unlike an advisory lock, which any role may take) a reporting
+    login cannot hold a district's syncs hostage. It is released when the transaction ends
+    (commit, rollback or a dropped connection). Waits up to `wait_seconds`, then refuses
+    with a clear message.
     """
-    key = (LOCK_CLASS, district_id)
     busy = DistrictBusy(
         f"another sync, undo or roster load of district {code} is running; "
         "try again when it has finished"
     )
+    statement = "SELECT 1 FROM core.districts WHERE district_id = %s FOR NO KEY UPDATE"
     if wait_seconds <= 0:
-        row = cur.execute("SELECT pg_try_advisory_xact_lock(%s, %s::int)", key).fetchone()
-        if not row or not row[0]:
-            raise busy
+        try:
+            with cur.connection.transaction():
+                cur.execute(statement + " NOWAIT", (district_id,))
+        except errors.LockNotAvailable:
+            raise busy from None
         return
     cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(wait_seconds * 1000)}ms",))
     try:
         with cur.connection.transaction():  # a savepoint: a timeout must not poison the caller
-            cur.execute("SELECT pg_advisory_xact_lock(%s, %s::int)", key)
+            cur.execute(statement, (district_id,))
     except errors.LockNotAvailable:
         raise busy from None
     finally:
@@ -299,3 +302,59 @@ def discard_holds(
         (by, district_id, run_id, run_id, file_name, file_name),
     ).fetchall()
     return [int(r[0]) for r in rows]
+
+
+def observe_drop(
+    conn: psycopg.Connection,
+    district_id: int,
+    files: list[tuple[str, int, datetime]],
+    refused: list[tuple[str, str]],
+) -> dict[str, datetime]:
+    """Record what the drop holds now; returns when each file was first seen unchanged.
+
+    A file whose size or time changed counts as new (first seen now); entries no longer in
+    the drop are forgotten, so a refused entry that comes back is reported again.
+    """
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    rows = [(n, s, m, None) for n, s, m in files] + [(n, 0, epoch, r) for n, r in refused]
+    conn.execute(
+        "DELETE FROM core.drop_files WHERE district_id = %s AND NOT (name = ANY(%s))",
+        (district_id, [r[0] for r in rows]),
+    )
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO core.drop_files (district_id, name, size, modified, refused_reason)
+               VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (district_id, name) DO UPDATE SET
+                   size = excluded.size, modified = excluded.modified,
+                   refused_reason = excluded.refused_reason,
+                   first_seen = CASE
+                       WHEN (core.drop_files.size, core.drop_files.modified)
+                            IS DISTINCT FROM (excluded.size, excluded.modified)
+                       THEN now() ELSE core.drop_files.first_seen END,
+                   notified_at = CASE
+                       WHEN core.drop_files.refused_reason IS DISTINCT FROM excluded.refused_reason
+                       THEN NULL ELSE core.drop_files.notified_at END""",
+            [(district_id, *r) for r in rows],
+        )
+    seen = conn.execute(
+        "SELECT name, first_seen FROM core.drop_files WHERE district_id = %s", (district_id,)
+    ).fetchall()
+    return {name: when for name, when in seen}
+
+
+def refusals_to_report(conn: psycopg.Connection, district_id: int) -> set[str]:
+    rows = conn.execute(
+        """SELECT name FROM core.drop_files WHERE district_id = %s
+             AND refused_reason IS NOT NULL AND notified_at IS NULL""",
+        (district_id,),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def mark_refusals_reported(conn: psycopg.Connection, district_id: int, names: list[str]) -> None:
+    conn.execute(
+        """UPDATE core.drop_files SET notified_at = now()
+           WHERE district_id = %s AND name = ANY(%s)""",
+        (district_id, names),
+    )

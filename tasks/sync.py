@@ -20,7 +20,7 @@ import psycopg
 
 from schemas.issues import Code
 from schemas.report import ISSUE_SCHEMA, Report, SyncBlock
-from tasks import store
+from tasks import access, store
 from tasks.apply import apply_changes
 from tasks.db import connect, describe_error
 from tasks.match import Matched, copy_students, match_file, parse_students
@@ -81,14 +81,25 @@ def run_file(
     approve: bool = False,
     requested_by: str | None = None,
     lock_wait_seconds: float = 60.0,
+    approved_by: str | None = None,
+    via: str | None = None,
 ) -> SyncOutcome:
     """Preview or sync `data` (a file's bytes) for a district. Raises only for a district that
-    does not exist, a district busy beyond the wait, or a database that cannot be reached;
-    a failure while applying is recorded as a `failed` run and returned as such."""
+    does not exist, a district busy beyond the wait, a database that cannot be reached, or an
+    approval by someone who is not a data manager of the district; a failure while applying
+    is recorded as a `failed` run and returned as such.
+
+    `approve` needs `approved_by`, a data manager's email: the approval is recorded (who,
+    when, `via` which command or flow run) in the transaction that applies the held file, so
+    an approval that applies nothing leaves no record of one."""
     requested_by = requested_by or default_requester()
     started_at = datetime.now(UTC)
+    if approve and not approved_by:
+        raise access.NotAManager("approving a held sync needs the approving data manager")
     with connect(url, autocommit=True) as conn:
         district = store.get_district(conn, district_code)
+        if approve and approved_by:
+            access.require_manager(conn, district.code, approved_by)
         validated: list[Validation] = []
 
         def validate() -> Validation:
@@ -106,9 +117,17 @@ def run_file(
 
         try:
             return _decide_and_apply(
-                conn, district, validate, mode, approve, requested_by, started_at, lock_wait_seconds
+                conn,
+                district,
+                validate,
+                mode,
+                approve,
+                requested_by,
+                started_at,
+                lock_wait_seconds,
+                (approved_by, via),
             )
-        except (store.DistrictBusy, store.UnknownDistrict):
+        except (store.DistrictBusy, store.UnknownDistrict, access.AccessError):
             raise
         except _Failure as failure:
             cause = failure.__cause__ or failure
@@ -148,6 +167,7 @@ def _decide_and_apply(
     requested_by: str,
     started_at: datetime,
     lock_wait_seconds: float,
+    approval: tuple[str | None, str | None] = (None, None),
 ) -> SyncOutcome:
     with conn.transaction(), conn.cursor() as cur:
         if mode == "preview":
@@ -258,6 +278,17 @@ def _decide_and_apply(
                 values_changed=matched.values_changed,
             )
 
+        if held_runs:
+            approved_by, via = approval
+            assert approved_by is not None
+            requested_by = access.record_manager_act(
+                conn,
+                district.code,
+                approved_by,
+                "approve_held_sync",
+                {"run_id": held_runs[0]},
+                via=via,
+            )
         outcome = SyncOutcome(
             _with_block(report, "succeeded", matched, matched.updated),
             f"applied: {matched.values_changed} values changed for {matched.updated} students"

@@ -3,9 +3,9 @@
 District `org` (code given at load) has two schools. s1: school admin `sadm`, teachers `t1`
 (class c1: st1, st2) and `t2` (class c2: st2, st3), an aide, a disabled teacher `off` and an
 inactive student st6 (both in c1). s2: teacher `t3` (class c3: st4, st5). `adm` is the
-district admin. Every user's sourcedId and email start with the district org, so two
-districts never share one; each student's race is `R-<sourcedId>`, so a leaked value names
-its student.
+district admin, `sadm2` the school admin of both schools. Every user's sourcedId and email
+start with the district org, so two districts never share one; each student's race is
+`R-<sourcedId>`, so a leaked value names its student.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ STUDENTS = {  # sourcedId suffix: (school, classes)
 STAFF = {  # suffix: (role, orgs, classes taught, enabledUser)
     "adm": ("administrator", ("",), (), "true"),
     "sadm": ("administrator", ("s1",), (), "true"),
+    "sadm2": ("administrator", ("s1", "s2"), (), "true"),
     "t1": ("teacher", ("s1",), ("c1",), "true"),
     "t2": ("teacher", ("s1",), ("c2",), "true"),
     "t3": ("teacher", ("s2",), ("c3",), "true"),
@@ -56,11 +57,15 @@ def write_access_roster(
     *,
     inactive: Iterable[str] = (),
     without_enrollments: Iterable[tuple[str, str]] = (),
+    disabled: Iterable[str] = (),
+    inactive_schools: Iterable[str] = (),
 ) -> Path:
-    """The roster above; `inactive` users are `tobedeleted`; `without_enrollments` drops
-    (user suffix, class) pairs, as a roster where that teacher left that class."""
-    gone = set(INACTIVE) | set(inactive)
+    """The roster above; `inactive` users and `inactive_schools` (s1, s2) are `tobedeleted`;
+    `disabled` staff have enabledUser=false; `without_enrollments` drops (user suffix, class)
+    pairs, as a roster where that teacher left that class."""
+    gone = set(INACTIVE) | set(inactive) | set(inactive_schools)
     dropped = set(without_enrollments)
+    off = set(disabled)
     folder.mkdir(parents=True, exist_ok=True)
 
     def status(who: str) -> str:
@@ -71,8 +76,8 @@ def write_access_roster(
         return ids[0] if len(ids) == 1 else '"' + ",".join(ids) + '"'
 
     users = [
-        f"{org}-{who},{status(who)},,{enabled},{orgs(where)},{role},{who},,Staff,{who},,"
-        f"{who.upper()},{email(org, who)},,,,,"
+        f"{org}-{who},{status(who)},,{'false' if who in off else enabled},{orgs(where)},{role},"
+        f"{who},,Staff,{who},,{who.upper()},{email(org, who)},,,,,"
         for who, (role, where, _taught, enabled) in STAFF.items()
     ] + [
         f"{org}-{who},{status(who)},,true,{orgs((school,))},student,{who},,Given,{who},,"
@@ -91,8 +96,8 @@ def write_access_roster(
     files = {
         "orgs.csv": [
             f"{org},,,District {org},district,{org.upper()},",
-            f"{org}-s1,,,School one of {org},school,S1,{org}",
-            f"{org}-s2,,,School two of {org},school,S2,{org}",
+            f"{org}-s1,{status('s1')},,School one of {org},school,S1,{org}",
+            f"{org}-s2,{status('s2')},,School two of {org},school,S2,{org}",
         ],
         "users.csv": users,
         "classes.csv": [

@@ -4,7 +4,8 @@ Key authentication only (a client key generated per server), a generated host ke
 known_hosts file pinning it, and the drop's base folder `/drop` inside a chroot. Switches
 simulate what a real drop does on a bad night: it goes away (`stop`), comes back with another
 host key (`restart(new_host_key=True)`), accepts and drops connections (`reject_connections`),
-or loses the connection in the middle of a download (`drop_transfers`).
+loses the connection in the middle of a download (`drop_transfers`), or answers a download
+with a generic failure, then possibly hangs up (`fail_transfers`).
 
 Use the `sftp_server` fixture and `sftp_settings(server, tmp_path)` for a Settings pointing
 at it.
@@ -47,6 +48,8 @@ class SftpServer:
         self.connections = 0  # SSH connections accepted since the server was made
         self.reject_connections = False  # accept TCP, then drop it before the handshake
         self.transfers_to_drop = 0  # downloads still to be cut off after their first chunk
+        self.transfers_to_fail = 0  # downloads still to be answered FX_FAILURE after one chunk
+        self.hang_up_after_failure = False  # close the connection after that failure
         self.on_read: Callable[[], None] | None = None  # called (server thread) on file reads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -70,8 +73,17 @@ class SftpServer:
         self.known_hosts.write_text(self.known_hosts_line(key))
 
     def drop_transfers(self, count: int) -> None:
-        """Cut the connection after the first chunk of each of the next `count` downloads."""
+        """Cut the connection after the first chunk of each of the next `count` downloads.
+
+        The cut read is never answered, so the client always sees the connection lost."""
         self.transfers_to_drop = count
+
+    def fail_transfers(self, count: int, hang_up: bool = False) -> None:
+        """Answer a generic SFTP failure (FX_FAILURE) after the first chunk of each of the next
+        `count` downloads; with `hang_up`, then close the connection (the failure is sent
+        first, so the client always sees it before the connection ends)."""
+        self.transfers_to_fail = count
+        self.hang_up_after_failure = hang_up
 
     def start(self) -> None:
         """Listen (on the previous port after a stop); the first start writes known_hosts."""
@@ -173,27 +185,36 @@ class _Server(asyncssh.SSHServer):
 
 
 class _Sftp(asyncssh.SFTPServer):
-    """The stock chrooted SFTP server, with a switch to lose the connection mid-download."""
+    """The stock chrooted SFTP server, with switches to break a download after its first read."""
 
     def __init__(self, chan: asyncssh.SSHServerChannel, owner: SftpServer):
         super().__init__(chan, chroot=str(owner.root).encode())
         self._owner = owner
         self._reads = 0
-        self._cut: bool | None = None  # decided at this session's first read
+        self._fault: str | None = None  # "drop" or "fail", decided at this session's first read
 
     def read(self, file_obj: object, offset: int, size: int) -> Any:
         owner = self._owner
         if owner.on_read is not None:
             owner.on_read()
-        if self._cut is None:
-            self._cut = owner.transfers_to_drop > 0
-            if self._cut:
+        if self._reads == 0:
+            if owner.transfers_to_drop > 0:
                 owner.transfers_to_drop -= 1
+                self._fault = "drop"
+            elif owner.transfers_to_fail > 0:
+                owner.transfers_to_fail -= 1
+                self._fault = "fail"
         self._reads += 1
-        if self._cut and self._reads > 1:
+        if self._fault is None or self._reads == 1:
+            return super().read(file_obj, offset, size)
+        if self._fault == "drop":
+            # No answer at all: the connection just ends, as when a network link dies.
             self.connection.abort()
-            raise asyncssh.SFTPFailure("connection dropped (test)")
-        return super().read(file_obj, offset, size)
+            return asyncio.get_running_loop().create_future()  # never resolved; cancelled
+        if owner.hang_up_after_failure:
+            # close(), not abort(): the failure reply already queued is sent before the end
+            asyncio.get_running_loop().call_soon(self.connection.close)
+        raise asyncssh.SFTPFailure("read failed (test)")
 
 
 def sftp_settings(server: SftpServer, folder: Path, **overrides: Any) -> Settings:

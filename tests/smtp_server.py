@@ -10,6 +10,8 @@ Fixtures:
   "plain" (no TLS at all).
 - `smtp_server`, `smtps_server`, `plain_smtp_server`: one of each, with the user
   `USER`/`PASSWORD` accepted (AUTH is offered only over TLS; not required).
+- `hang_up_server`: a TCP server that accepts every connection and closes it at once, before
+  any greeting (an SMTP server going away mid-session).
 
 A server's `received` list holds every envelope it accepted; `messages()` parses them back.
 `stop()` takes it down (the port then refuses connections); `refuse(...)` makes it answer
@@ -18,11 +20,14 @@ the given reply to RCPT or DATA.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email
 import email.policy
 import ipaddress
+import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -285,6 +290,42 @@ class SmtpServer:
         if self.running:
             self.controller.stop()
             self.running = False
+
+
+class HangUpServer:
+    """Listens on 127.0.0.1 and closes each connection as soon as it is accepted."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server((HOST, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, name="smtp-hang-up", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed by stop()
+            self.connections += 1
+            conn.close()
+
+    def url(self) -> str:
+        return f"smtp://{HOST}:{self.port}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # not connected: shutdown only wakes accept()
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def hang_up_server() -> Iterator[HangUpServer]:
+    server = HangUpServer()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

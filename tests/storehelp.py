@@ -36,6 +36,7 @@ def sync(
     header: str = HEADER,
     name: str = "upload.csv",
     lock_wait_seconds: float = 5.0,
+    approved_by: str | None = None,
 ) -> SyncOutcome:
     data = (header + "\n" + "".join(line + "\n" for line in lines)).encode()
     return run_file(
@@ -47,6 +48,7 @@ def sync(
         approve=approve,
         requested_by="test",
         lock_wait_seconds=lock_wait_seconds,
+        approved_by=approved_by,
     )
 
 

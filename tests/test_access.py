@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ from typer.testing import CliRunner
 from flows.access_cli import access_app
 from tasks.access import (
     FIELDS,
+    GROUP_ROLE,
+    LOGIN_CONNECTION_LIMIT,
+    AccessRefused,
     AccessViewsBusy,
     InvalidField,
     InvalidPassword,
@@ -44,6 +48,7 @@ from tasks.access import (
     create_sql_login,
     grant_manager,
     manager_emails,
+    owner_steps,
     record_manager_act,
     require_manager,
     revoke_sql_login,
@@ -52,9 +57,11 @@ from tasks.access import (
     set_teacher_fields,
     view_summary,
 )
-from tasks.db import pending
+from tasks.db import MigrationBusy, pending, upgrade
 
 A, B = "acc-a", "acc-b"  # district codes
+VIEW_FILES = ("900_reporting_always.sql",)
+ROLE = re.compile(r"ds_[0-9a-f]{16}")
 OA, OB = "da", "db"  # their district orgs
 ALL = set(FIELDS)
 COLUMNS = [
@@ -245,6 +252,45 @@ def test_a_revoked_login_sees_nothing_and_cannot_connect(world: World) -> None:
     assert len(world.rows(role)) == 5
 
 
+def test_a_login_whose_roster_user_is_disabled_later_sees_nothing(world: World) -> None:
+    world.teacher_fields("gender")
+    teacher, school = world.login("t2"), world.login("sadm")
+    assert set(world.rows(teacher)) == ids(OA, "st2", "st3")
+    assert set(world.rows(school)) == ids(OA, "st1", "st2", "st3")
+    world.reload(disabled=["t2", "sadm"])  # still active in the roster, enabledUser=false
+    assert world.rows(teacher) == {} and world.rows(school) == {}
+
+
+def test_a_school_admin_of_two_schools_sees_both(world: World) -> None:
+    both = world.login("sadm2")
+    assert set(world.rows(both)) == ids(OA, "st1", "st2", "st3", "st4", "st5")
+    assert shown(world.rows(both)) == ALL
+
+
+def test_a_class_at_an_inactive_school_counts_for_nobody(world: World) -> None:
+    world.teacher_fields("gender")
+    t1, t3, both, adm = (world.login(w) for w in ("t1", "t3", "sadm2", "adm"))
+    assert set(world.rows(t3)) == ids(OA, "st4", "st5")
+    world.reload(inactive_schools=["s2"])  # its class c3 and its students are still active
+    assert world.rows(t3) == {}
+    assert set(world.rows(t1)) == ids(OA, "st1", "st2")
+    assert set(world.rows(both)) == ids(OA, "st1", "st2", "st3")
+    assert set(world.rows(adm)) == ids(OA, "st1", "st2", "st3", "st4", "st5")
+
+
+def test_when_values_changed_is_shown_only_to_those_who_see_every_field(world: World) -> None:
+    """A change date next to a hidden field would say that the hidden value changed."""
+    teacher, adm = world.login("t1"), world.login("adm")
+    for fields in (("gender",), FIELDS[:-1]):
+        world.teacher_fields(*fields)
+        rows = world.rows(teacher)
+        assert rows and all(r["demographics_updated_at"] is None for r in rows.values())
+    world.teacher_fields(*FIELDS)
+    for role in (teacher, adm):
+        rows = world.rows(role)
+        assert rows and all(r["demographics_updated_at"] is not None for r in rows.values())
+
+
 # --- the view: attacks ---------------------------------------------------------------------
 
 
@@ -272,10 +318,8 @@ def test_base_tables_other_schemas_and_revealing_functions_are_closed(world: Wor
                 "SELECT * FROM core.access_acts",
                 "INSERT INTO core.teacher_access (district_id, fields, changed_by) "
                 "VALUES (1, '{gender}', 'me')",
-                "SELECT pg_read_file('postmaster.pid')",
                 "SELECT reporting.peek()",
                 "SELECT core.access_acts_append_only()",
-                "SELECT * FROM pg_authid",
             ):
                 with pytest.raises(errors.InsufficientPrivilege):
                     conn.execute(statement)
@@ -288,6 +332,31 @@ def test_base_tables_other_schemas_and_revealing_functions_are_closed(world: Wor
                 "SELECT count(*) FROM pg_stats WHERE schemaname = 'core'"
             ).fetchone()
             assert stats == (0,)  # the planner's statistics (sample values) are not theirs either
+        # Not a privilege in core for the login, the group or PUBLIC: not on a table, a
+        # sequence, a function or the schema itself.
+        with psycopg.connect(world.url) as owner:
+            for who in (role, GROUP_ROLE, "public"):
+                held = owner.execute(
+                    """SELECT c.relname FROM pg_class c
+                       WHERE c.relnamespace = 'core'::regnamespace AND c.relkind <> 'i'
+                         AND CASE WHEN c.relkind = 'S'
+                                  THEN has_sequence_privilege(%(w)s, c.oid, 'USAGE, SELECT, UPDATE')
+                                  ELSE has_table_privilege(%(w)s, c.oid, 'SELECT, INSERT,
+                                      UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+                             END
+                       UNION ALL
+                       SELECT p.proname FROM pg_proc p
+                       WHERE p.pronamespace IN ('core'::regnamespace, 'reporting'::regnamespace)
+                         AND has_function_privilege(%(w)s, p.oid, 'EXECUTE')
+                       UNION ALL
+                       SELECT 'schema core'
+                       WHERE has_schema_privilege(%(w)s, 'core', 'USAGE, CREATE')
+                       UNION ALL
+                       SELECT 'schema reporting: CREATE'
+                       WHERE has_schema_privilege(%(w)s, 'reporting', 'CREATE')""",
+                    {"w": who},
+                ).fetchall()
+                assert held == [], who
     finally:
         with psycopg.connect(world.url, autocommit=True) as owner:
             owner.execute("DROP FUNCTION reporting.peek()")
@@ -335,11 +404,11 @@ def test_set_role_and_session_authorization_are_refused(world: World) -> None:
         assert member == [("demographics_reporting", True, False, False)]
         attributes = owner.execute(
             """SELECT rolcanlogin, rolinherit, rolsuper, rolcreaterole, rolcreatedb,
-                      rolreplication, rolbypassrls
+                      rolreplication, rolbypassrls, rolconnlimit
                FROM pg_roles WHERE rolname = %s""",
             (teacher,),
         ).fetchone()
-        assert attributes == (True, False, False, False, False, False, False)
+        assert attributes == (True, False, False, False, False, False, False, 10)
         # Were the group role reached anyway, it is nobody: it sees no rows.
         owner.execute("SET ROLE demographics_reporting")
         assert visible(owner) == {}
@@ -420,6 +489,215 @@ def test_a_callers_own_function_in_where_sees_only_their_rows(world: World) -> N
         if "race" not in fields:
             assert "R-" not in text and "true" not in text and "false" not in text
         assert {n.split("|")[1] for n in notices if n.startswith("seen: ") and "|" in n} <= scope
+
+
+def _plan_nodes(conn: psycopg.Connection, where: str, literal: str) -> list[dict[str, Any]]:
+    """The nodes of EXPLAIN (ANALYZE, FORMAT JSON) of the view with `where` (one `{}`, the
+    literal), without timings, and with the literal blanked: what two runs may differ in."""
+    query = sql.SQL(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM reporting.student_demographics WHERE "
+    ) + sql.SQL(where).format(sql.Literal(literal))
+    found = conn.execute(query).fetchone()
+    assert found is not None
+    text = found[0] if isinstance(found[0], str) else json.dumps(found[0])
+    plan = json.loads(text.replace(f"'{literal}'", "'?'"))[0]["Plan"]
+    nodes: list[dict[str, Any]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        nodes.append({k: v for k, v in node.items() if k != "Plans" and "Time" not in k})
+        for child in node.get("Plans", ()):
+            walk(child)
+
+    walk(plan)
+    return nodes
+
+
+def test_explain_analyze_tells_nothing_of_a_student_out_of_scope(world: World) -> None:
+    """Text and timestamp comparisons are LEAKPROOF: were they pushed down to the base tables,
+    the row counts (or the estimates) of the plan would say whether a student of any district
+    has, say, an SSID >= some bound, and so the SSID itself, by halving. For a row out of
+    scope, a condition that holds and one that does not must give the same plan."""
+    world.teacher_fields("gender")
+    teacher, admin = world.login("t1"), world.login("adm")
+    with psycopg.connect(world.url, autocommit=True) as owner:  # statistics, as in production
+        owner.execute("ANALYZE core.students, core.student_demographics, core.staff")
+    cases = (  # (who asks, whose row, column, a bound that holds for it, one that does not)
+        (teacher, f"{OA}-st4", "ssid", ssid(OA, "st4"), ssid(OA, "st4") + "0"),
+        (teacher, f"{OB}-st1", "email", email(OB, "st1"), email(OB, "st1") + "~"),
+        (admin, f"{OB}-st2", "family_name", "st2", "st2~"),
+        (teacher, f"{OA}-st4", "demographics_updated_at", "-infinity", "infinity"),
+        (admin, f"{OB}-st3", "demographics_updated_at", "-infinity", "infinity"),
+    )
+    for role, student, column, holds, fails in cases:
+        where = f"student_sourced_id = '{student}' AND {column} >= {{}}"
+        with world.connect(role) as conn:
+            plans = [_plan_nodes(conn, where, bound) for bound in (holds, fails)]
+            for bound in (holds, fails):
+                query = sql.SQL("SELECT * FROM reporting.student_demographics WHERE ")
+                assert conn.execute(query + sql.SQL(where).format(bound)).fetchall() == []
+        assert plans[0] == plans[1], (column, student)
+    # The comparison can see a difference: for a row in scope, the two plans differ.
+    with world.connect(teacher) as conn:
+        where = f"student_sourced_id = '{OA}-st1' AND ssid >= {{}}"
+        mine = [_plan_nodes(conn, where, b) for b in (ssid(OA, "st1"), ssid(OA, "st1") + "0")]
+        assert mine[0] != mine[1]
+
+
+def test_the_planners_estimates_come_from_no_statistics_of_the_base_tables(
+    world: World,
+) -> None:
+    """The base tables' histograms hold real SSIDs, emails and names of every district: were
+    a caller's condition estimated with them, EXPLAIN's row estimates over ranges would give
+    those values away. District B is made big enough for estimates to tell."""
+    admin = world.login("adm", OB, B)
+    with psycopg.connect(world.url, autocommit=True) as owner:
+        owner.execute(
+            """INSERT INTO core.students (district_id, sourced_id, ssid, email, family_name)
+               SELECT d.district_id, 'bulk-' || i, lpad(i::text, 10, '0'),
+                      'bulk' || i || '@x.example.org', 'name' || i
+               FROM core.districts d, generate_series(1, 3000) i WHERE d.code = %s""",
+            (B,),
+        )
+        owner.execute("ANALYZE core.students, core.student_demographics, core.staff")
+    with world.connect(admin) as conn:
+        assert len(visible(conn)) == 3005
+        for column, bounds in (
+            ("ssid", ("0", "0000001500", ssid(OA, "st3"), "9")),
+            ("email", ("a", "bulk2", email(OA, "st3"), "z")),
+            ("family_name", ("a", "name2", "st3", "z")),
+        ):
+            estimates = {
+                json.dumps([n["Plan Rows"] for n in _plan_nodes(conn, f"{column} >= {{}}", b)])
+                for b in bounds
+            }
+            assert len(estimates) == 1, (column, estimates)
+
+
+def test_a_logins_advisory_locks_hold_up_nothing_and_it_can_lock_no_row(world: World) -> None:
+    """pg_advisory_lock is PUBLIC's: a login could hold the keys the application once used and
+    stall upgrades and access changes. The application's locks are now ones no login can take."""
+    role = world.login("t1")
+    with psycopg.connect(world.url) as conn:
+        did = conn.execute("SELECT district_id FROM core.districts WHERE code = %s", (A,))
+        district_id = did.fetchone()[0]  # type: ignore[index]
+        staff = conn.execute(
+            "SELECT staff_id FROM core.staff WHERE sourced_id = %s", (f"{OA}-t2",)
+        ).fetchone()[0]  # type: ignore[index]
+    old_keys = (  # migrations, teacher fields, a person's login, the store's district lock
+        (0x44454D4F,),
+        (0x54464C44, district_id),
+        (0x41434353, staff),
+        (0x53594E43, district_id),
+    )
+    with world.connect(role) as login:
+        for key in old_keys:
+            login.execute(
+                f"SELECT pg_advisory_lock({', '.join(['%s::int'] * len(key))})"
+                if len(key) == 2
+                else "SELECT pg_advisory_lock(%s)",
+                tuple(key),
+            )
+        held = login.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        assert held.fetchone() == (len(old_keys),)
+        with psycopg.connect(world.url, options="-c statement_timeout=5000") as conn:
+            conn.execute("UPDATE core.schema_migrations SET checksum = 'x' WHERE version = '900'")
+            conn.commit()
+            assert upgrade(conn) == list(VIEW_FILES)
+            assert apply_access_views(conn).applied == VIEW_FILES
+            set_teacher_fields(conn, A, ["gender"], email(OA, "adm"))
+            assert create_sql_login(conn, A, email(OA, "t2"), "test").created
+            assert revoke_sql_login(conn, A, email(OA, "t2"), "test").dropped
+        for statement in (  # nor can it take the locks the application takes now
+            "SELECT 1 FROM core.districts FOR NO KEY UPDATE",
+            "SELECT 1 FROM core.districts FOR KEY SHARE",
+            "SELECT 1 FROM core.staff FOR UPDATE",
+            "SELECT 1 FROM core.teacher_access FOR UPDATE",
+            "SELECT 1 FROM core.sql_logins FOR UPDATE",
+            "LOCK TABLE core.schema_migrations IN ACCESS SHARE MODE",
+            "SELECT 1 FROM reporting.student_demographics FOR KEY SHARE",
+            "LOCK TABLE reporting.student_demographics IN SHARE MODE",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege), login.transaction():
+                login.execute(statement)
+    with psycopg.connect(world.url) as owner:
+        limit = owner.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (role,))
+        assert limit.fetchone() == (LOGIN_CONNECTION_LIMIT,)
+
+
+def _superuser(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        return bool(row.fetchone()[0])  # type: ignore[index]
+
+
+def test_a_login_cannot_create_a_large_object_and_revoke_drops_one_that_did(
+    world: World,
+) -> None:
+    if not _superuser(world.url):
+        pytest.skip("only a superuser revokes large objects from PUBLIC (owner_steps says so)")
+    role = world.login("t1")
+    with world.connect(role) as conn:
+        for statement in (
+            "SELECT lo_create(0)",
+            "SELECT lo_creat(-1)",
+            "SELECT lo_from_bytea(0, 'x')",
+            "SELECT lo_import('/etc/hostname')",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(statement)
+    # One made anyway (where the server lets PUBLIC, or before the revoke) does not keep the
+    # role alive: revoking drops the role and what it owns here.
+    function = sql.SQL("FUNCTION lo_create(oid)")
+    with psycopg.connect(world.url, autocommit=True) as owner:
+        owner.execute(sql.SQL("GRANT EXECUTE ON {} TO {}").format(function, sql.Identifier(role)))
+        with world.connect(role) as conn:
+            made = conn.execute("SELECT lo_create(0)").fetchone()[0]  # type: ignore[index]
+        owner.execute(
+            sql.SQL("REVOKE EXECUTE ON {} FROM {}").format(function, sql.Identifier(role))
+        )
+        assert revoke_sql_login(owner, A, email(OA, "t1"), "test").dropped
+        assert (
+            owner.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None
+        )
+        gone = owner.execute("SELECT 1 FROM pg_largeobject_metadata WHERE oid = %s", (made,))
+        assert gone.fetchone() is None
+
+
+def test_a_revoked_login_that_owns_a_database_is_kept_powerless_and_said_so(
+    world: World,
+) -> None:
+    if not _superuser(world.url):
+        pytest.skip("the test makes the login own a database")
+    world.teacher_fields("gender")
+    role = world.login("t1")
+    database = psycopg.conninfo.conninfo_to_dict(world.url)["dbname"]
+    other = sql.Identifier(f"{database}_owned")
+    with psycopg.connect(world.url, autocommit=True) as owner:
+        owner.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(other, sql.Identifier(role)))
+    try:
+        revoked = run("sql-login", "-d", A, email(OA, "t1"), "--revoke")
+        assert revoked.exit_code == 0, revoked.output
+        assert revoked.output.strip() == (
+            f"revoked: role {role} can no longer log in or read the view; it was not dropped, "
+            "because it still owns objects or holds privileges in another database of this "
+            "server (what it had in this one is gone). To drop it: as a superuser, run DROP "
+            f"OWNED BY {role}; in each database where it has any, then DROP ROLE {role};"
+        )
+        with pytest.raises(psycopg.OperationalError):
+            world.connect(role)
+        with psycopg.connect(world.url) as owner:
+            kept = owner.execute(
+                "SELECT rolcanlogin, (SELECT count(*) FROM pg_auth_members WHERE member = r.oid) "
+                "FROM pg_roles r WHERE rolname = %s",
+                (role,),
+            ).fetchone()
+            assert kept == (False, 0)
+            again = create_sql_login(owner, A, email(OA, "t1"), "test")  # the same role reopened
+            assert (again.role, again.created) == (role, True)
+        assert set(world.rows(role)) == ids(OA, "st1", "st2")
+    finally:
+        with psycopg.connect(world.url, autocommit=True) as owner:
+            owner.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(other))
 
 
 # --- data managers and teacher fields (the CLI) -------------------------------------------
@@ -562,6 +840,52 @@ def test_teacher_fields_are_shown_and_set_by_a_data_manager_only(world: World) -
     ]
 
 
+def test_a_managers_act_names_who_carried_it_and_joins_the_callers_transaction(
+    world: World,
+) -> None:
+    """For the sync, which records the approval inside its own transaction."""
+    adm, t1 = email(OA, "adm"), email(OA, "t1")
+    acts = "SELECT actor, detail FROM core.access_acts WHERE act = 'approve_held_sync'"
+    with psycopg.connect(world.url) as conn:  # not autocommit: the caller's transaction
+        for outcome in ("rollback", "commit"):
+            conn.execute("UPDATE core.district_settings SET hold_limit = 0.5")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            who = record_manager_act(
+                conn, A, adm, "approve_held_sync", {"run_id": 9}, via="flow-run:xyz"
+            )
+            assert who == adm
+            with pytest.raises(NotAManager):  # undoes its own savepoint only
+                record_manager_act(conn, A, t1, "approve_held_sync", {"run_id": 9}, via="x")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            assert conn.execute(acts).fetchall() == [(adm, {"run_id": 9, "via": "flow-run:xyz"})]
+            getattr(conn, outcome)()  # the caller decides for both
+            if outcome == "rollback":
+                assert conn.execute(acts).fetchall() == []
+                conn.rollback()
+        limits = conn.execute("SELECT DISTINCT hold_limit FROM core.district_settings")
+        assert [float(x) for (x,) in limits.fetchall()] == [0.5]
+        assert conn.execute(acts).fetchall() == [(adm, {"run_id": 9, "via": "flow-run:xyz"})]
+        record_manager_act(conn, A, adm, "discard_held_sync")  # `via` is optional
+        conn.commit()
+
+
+def test_a_refused_approval_or_teacher_field_change_writes_no_act(world: World) -> None:
+    with psycopg.connect(world.url, autocommit=True) as conn:
+        grant_manager(conn, A, email(OA, "sadm"), "test")
+        run("revoke-manager", "--district", A, email(OA, "sadm"))
+        for who in (email(OA, "t1"), email(OB, "adm"), email(OA, "sadm"), "x@nowhere"):
+            with pytest.raises(NotAManager):
+                record_manager_act(conn, A, who, "approve_held_sync", {"run_id": 1}, via="t")
+            with pytest.raises(NotAManager):
+                set_teacher_fields(conn, A, ["gender"], who)
+        written = conn.execute(
+            "SELECT count(*) FROM core.access_acts "
+            "WHERE act IN ('approve_held_sync', 'teacher_fields')"
+        ).fetchone()
+        assert written == (0,)
+        assert conn.execute("SELECT count(*) FROM core.teacher_access").fetchone() == (0,)
+
+
 # --- SQL logins (the CLI) ------------------------------------------------------------------
 
 
@@ -580,7 +904,8 @@ def test_sql_login_creates_rotates_and_revokes_a_login(world: World) -> None:
     doc = json.loads(made.output)
     assert set(doc) == {"role", "password"} and len(doc["password"]) >= 32
     role = doc["role"]
-    assert role.startswith(f"ds_acc_a_{OA}_t1_") and len(role) <= 63
+    database = psycopg.conninfo.conninfo_to_dict(world.url)["dbname"]
+    assert ROLE.fullmatch(role) and role == role_name(str(database), A, f"{OA}-t1")
     first = _verifier(world.url, role)
     assert first.startswith("SCRAM-SHA-256$4096:")
 
@@ -648,10 +973,8 @@ def test_role_names_are_safe_short_and_distinct() -> None:
         role_name("db", "M" * 64, "é€✓"),
     }
     assert len(names) == 6
-    for name in names:
-        assert name.startswith("ds_") and len(name) <= 63
-        assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789_")
-    assert role_name("db", "maple-valley", "tch-01").startswith("ds_maple_valley_tch_01_")
+    for name in names:  # opaque: every login can list every role's name (pg_roles)
+        assert ROLE.fullmatch(name), name
 
 
 def test_our_scram_verifier_is_the_one_libpq_computes(db: str) -> None:
@@ -701,6 +1024,71 @@ def test_the_password_authenticates_over_scram(
             owner.execute("SELECT pg_reload_conf()")
 
 
+def _attributes(url: str, role: str) -> tuple[Any, ...]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            """SELECT rolcanlogin, rolinherit, rolcreatedb, rolcreaterole, rolconnlimit,
+                      rolvaliduntil IS NULL OR rolvaliduntil = 'infinity'
+               FROM pg_roles WHERE rolname = %s""",
+            (role,),
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_rotation_restates_the_login_and_never_hands_out_a_role_not_ours(
+    world: World,
+) -> None:
+    ours = (True, False, False, False, LOGIN_CONNECTION_LIMIT, True)
+    role = world.login("t1")
+    ident = sql.Identifier(role)
+    owner = psycopg.connect(world.url, autocommit=True)
+    world.extra_roles.append("ds_test_other")
+    try:
+        owner.execute(
+            sql.SQL(
+                "ALTER ROLE {} NOLOGIN INHERIT CREATEDB CONNECTION LIMIT 500 "
+                "VALID UNTIL '2001-01-01'"
+            ).format(ident)
+        )
+        create_sql_login(owner, A, email(OA, "t1"), "test")
+        assert _attributes(world.url, role) == ours
+
+        def refused(setup: str, undo: str) -> None:
+            before = _verifier(world.url, role)
+            owner.execute(sql.SQL(setup).format(ident))
+            try:
+                with pytest.raises(AccessRefused, match="not as this tool makes its logins"):
+                    create_sql_login(owner, A, email(OA, "t1"), "test")
+            finally:
+                owner.execute(sql.SQL(undo).format(ident))
+            assert _verifier(world.url, role) == before  # nothing changed
+
+        refused("GRANT pg_read_all_data TO {}", "REVOKE pg_read_all_data FROM {}")
+        refused(
+            "GRANT demographics_reporting TO {} WITH SET TRUE",
+            "GRANT demographics_reporting TO {} WITH SET FALSE",
+        )
+        refused(
+            "CREATE ROLE ds_test_other; GRANT {} TO ds_test_other",
+            "DROP ROLE ds_test_other",
+        )
+        refused("ALTER ROLE {} SUPERUSER", "ALTER ROLE {} NOSUPERUSER")
+        rotations = "SELECT count(*) FROM core.access_acts WHERE act = 'sql_login_rotate'"
+        assert owner.execute(rotations).fetchone() == (1,)
+        # Dropped and made again by hand, memberships and all: not the role this database made.
+        owner.execute(
+            sql.SQL(
+                "DROP ROLE {0}; CREATE ROLE {0} LOGIN NOINHERIT; "
+                "GRANT demographics_reporting TO {0} WITH INHERIT TRUE, SET FALSE"
+            ).format(ident)
+        )
+        with pytest.raises(AccessRefused, match="not as this tool makes its logins"):
+            create_sql_login(owner, A, email(OA, "t1"), "test")
+    finally:
+        owner.close()
+
+
 # --- applying the view ---------------------------------------------------------------------
 
 
@@ -723,7 +1111,7 @@ def test_apply_access_views_is_idempotent_and_safe_while_people_query(world: Wor
     try:
         with psycopg.connect(world.url) as conn:
             for _ in range(3):
-                assert apply_access_views(conn) == ["900_reporting_always.sql"]
+                assert apply_access_views(conn).applied == VIEW_FILES
                 time.sleep(0.05)
             assert pending(conn) == []
     finally:
@@ -742,7 +1130,7 @@ def test_apply_access_views_gives_up_rather_than_queue_behind_a_long_query(world
             assert len(visible(reader)) == 5
         reader.rollback()
     with psycopg.connect(world.url) as conn:
-        assert apply_access_views(conn) == ["900_reporting_always.sql"]
+        assert apply_access_views(conn).applied == VIEW_FILES
     assert len(world.rows(role)) == 5
 
 
@@ -768,6 +1156,10 @@ def test_an_application_user_with_createrole_but_not_superuser_manages_logins(
     world.teacher_fields("gender")
     with psycopg.connect(login_url(world.url, app)) as conn:
         login = create_sql_login(conn, A, email(OA, "t1"), "test")
+        # A rotation restates what a CREATEROLE user may, and its own ADMIN on the role (given
+        # by PostgreSQL to a role's creator) is not taken for someone else's membership.
+        rotated = create_sql_login(conn, A, email(OA, "t1"), "test")
+        assert (rotated.role, rotated.created) == (login.role, False)
         assert view_summary(conn, login.role) == (2, ["gender"])
         after = conn.execute("SELECT current_user, pg_has_role(%s, 'SET')", (login.role,))
         assert after.fetchone() == (app, False)  # the SET it lent itself was rolled back
@@ -778,3 +1170,83 @@ def test_an_application_user_with_createrole_but_not_superuser_manages_logins(
         assert revoke_sql_login(conn, A, email(OA, "t1"), "test").dropped
     with pytest.raises(psycopg.OperationalError):
         world.connect(login.role)
+
+
+def test_db_upgrade_gives_up_on_the_view_rather_than_queue_readers_behind_it(
+    world: World,
+) -> None:
+    role = world.login("adm")
+    with psycopg.connect(world.url, options="-c statement_timeout=10000") as conn:
+        conn.execute("UPDATE core.schema_migrations SET checksum = 'x' WHERE version = '900'")
+        conn.commit()
+        with psycopg.connect(login_url(world.url, role)) as reader:  # a transaction left open
+            assert len(visible(reader)) == 5
+            started = time.monotonic()
+            with pytest.raises(MigrationBusy) as busy:
+                upgrade(conn, lock_timeout_seconds=0.2)
+            assert time.monotonic() - started < 5
+            assert str(busy.value).startswith(
+                "sql/900_reporting_always.sql waited 0.2 s for a lock held by a long query"
+            )
+            assert pending(conn) == list(VIEW_FILES)
+            assert len(visible(reader)) == 5
+        conn.rollback()
+        assert upgrade(conn) == list(VIEW_FILES)
+        assert pending(conn) == []
+
+
+def test_what_a_non_owner_could_not_close_is_returned_for_the_owner(world: World) -> None:
+    """A non-owner's upgrade skips the database-wide revokes (a NOTICE no client shows):
+    apply_access_views checks the privileges themselves and returns what is left."""
+    if not _superuser(world.url):
+        pytest.skip("the test hands the schema to another role and back")
+    with psycopg.connect(world.url, autocommit=True) as owner:
+        me, database = owner.execute("SELECT current_user, current_database()").fetchone()  # type: ignore[misc]
+        app = role_name(database, "app", "not the owner")
+        world.extra_roles.append(app)
+        ident, db = sql.Identifier(app), sql.Identifier(database)
+        owner.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(ident))
+        owner.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(db, ident))
+        owned = owner.execute(
+            """SELECT format('ALTER %%s %%s OWNER TO %%I',
+                             CASE c.relkind WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END,
+                             c.oid::regclass, %s::text)
+               FROM pg_class c
+               WHERE c.relnamespace IN ('core'::regnamespace, 'reporting'::regnamespace)
+                 AND c.relkind IN ('r', 'v')
+               UNION ALL
+               SELECT format('ALTER FUNCTION %%s OWNER TO %%I', p.oid::regprocedure, %s::text)
+               FROM pg_proc p WHERE p.pronamespace = 'core'::regnamespace""",
+            (app, app),
+        ).fetchall()
+        for (statement,) in owned:
+            owner.execute(statement)
+        owner.execute(sql.SQL("ALTER SCHEMA core OWNER TO {}").format(ident))
+        owner.execute(sql.SQL("ALTER SCHEMA reporting OWNER TO {}").format(ident))
+        owner.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO PUBLIC").format(db))
+        owner.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        owner.execute("GRANT EXECUTE ON FUNCTION lo_create(oid) TO PUBLIC")
+        try:
+            with psycopg.connect(login_url(world.url, app)) as conn:
+                done = apply_access_views(conn)
+            assert done.applied == VIEW_FILES and list(done) == list(VIEW_FILES)
+            quoted = db.as_string(owner)
+            assert {(s.run_as, s.statement) for s in done.owner_steps} == {
+                (
+                    f"the owner of database {database}",
+                    f"REVOKE TEMPORARY ON DATABASE {quoted} FROM PUBLIC, demographics_reporting;",
+                ),
+                (f"the owner of database {database}", "REVOKE ALL ON SCHEMA public FROM PUBLIC;"),
+                ("a superuser", "REVOKE EXECUTE ON FUNCTION lo_create(oid) FROM PUBLIC;"),
+            }
+            assert str(done.owner_steps[-1]) == (
+                "logins can create large objects: run as a superuser: "
+                "REVOKE EXECUTE ON FUNCTION lo_create(oid) FROM PUBLIC;"
+            )
+            for step in done.owner_steps:  # what the owner runs closes it all
+                owner.execute(step.statement)
+            assert owner_steps(owner) == []
+        finally:
+            owner.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(ident, sql.Identifier(me)))
+            owner.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            assert apply_access_views(owner).owner_steps == ()

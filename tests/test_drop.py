@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import stat
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,12 +26,16 @@ from tasks.drop import (
     REASON_NOT_REGULAR,
     REASON_UNSAFE_NAME,
     Drop,
+    DropFile,
     DropMisconfigured,
     DropRefused,
     DropUnavailable,
+    FileChanged,
+    FileGone,
     HostKeyRefused,
     check_district,
     check_name,
+    clean_staging,
     open_drop,
 )
 from tasks.settings import Settings
@@ -39,6 +44,16 @@ D = "d1"
 SSID = "0099887766"
 CONTENT = f"{HEADER}\n{row(ssid=SSID, email='secret.student@students.example.org')}\n".encode()
 HOUR = 3600
+
+
+def connections(server: SftpServer, expected: int) -> int:
+    """The server's connection count once the server has caught up: it counts a connection
+    in its own thread, possibly just after the client has already given up on it."""
+    deadline = time.monotonic() + 3
+    while server.connections < expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.05)  # and no further connection arrives
+    return server.connections
 
 
 @dataclass
@@ -334,6 +349,74 @@ def test_a_file_gone_since_listing_is_refused(env: Env) -> None:
     assert env.staged() == []
 
 
+def test_a_file_gone_since_listing_is_file_gone_from_fetch_and_delete_with_expect(
+    env: Env,
+) -> None:
+    path = env.place("gone.csv")
+    drop = env.drop()
+    listed = drop.list(D).ready[0]
+    fetched = drop.fetch(D, "gone.csv")
+    path.unlink()
+    with pytest.raises(FileGone, match=r"^gone\.csv is no longer in the drop$"):
+        drop.fetch(D, "gone.csv")
+    for expect in (listed, fetched):
+        with pytest.raises(FileGone, match=r"^gone\.csv is no longer in the drop$"):
+            drop.delete(D, "gone.csv", expect)
+    with pytest.raises(FileGone):
+        drop.delete("other-district", "gone.csv", expect=fetched)
+    assert drop.delete(D, "gone.csv") is False  # without expect: as before
+    assert env.staged() == []
+
+
+def test_delete_with_expect_removes_the_file_that_was_read(env: Env) -> None:
+    env.place("same.csv")
+    env.place("listed.csv")
+    drop = env.drop()
+    listed = {f.name: f for f in drop.list(D).ready}
+    assert drop.delete(D, "same.csv", drop.fetch(D, "same.csv")) is True
+    assert drop.delete(D, "listed.csv", expect=listed["listed.csv"]) is True
+    assert os.listdir(env.folder()) == []
+
+
+@pytest.mark.parametrize("change", ["size", "time"])
+def test_a_file_overwritten_after_fetch_is_not_deleted(env: Env, change: str) -> None:
+    path = env.place("report.csv", age=HOUR)
+    drop = env.drop()
+    listed = drop.list(D).ready[0]
+    fetched = drop.fetch(D, "report.csv")
+    newer = CONTENT + b"0012345679,x@y.org,M\n" if change == "size" else CONTENT.swapcase()
+    # the district uploads a corrected file under the same name (time: same size, 2 s later)
+    env.place("report.csv", data=newer, age=HOUR - 2)
+    for expect in (fetched, listed):
+        with pytest.raises(FileChanged) as caught:
+            drop.delete(D, "report.csv", expect)
+        assert str(caught.value) == (
+            "report.csv changed since it was read (size or time differs); left for the next run"
+        )
+        assert isinstance(caught.value, DropRefused)
+    assert path.read_bytes() == newer
+    assert drop.fetch(D, "report.csv").data == newer
+    assert drop.delete(D, "report.csv") is True  # without expect: as before
+
+
+def test_delete_with_expect_compares_time_in_whole_seconds(env: Env) -> None:
+    # SFTP reports whole seconds; a local listing keeps the fraction: both must match
+    path = env.place("frac.csv")
+    second = int(time.time()) - HOUR
+    os.utime(path, (second + 0.75, second + 0.75))
+    drop = env.drop()
+    for n, when in enumerate((second, second + 0.75)):
+        name = f"frac{n}.csv"
+        env.place(name)
+        os.utime(env.folder() / name, (second + 0.75, second + 0.75))
+        expect = DropFile(name, len(CONTENT), datetime.fromtimestamp(when, UTC))
+        assert drop.delete(D, name, expect) is True
+    later = DropFile("frac.csv", len(CONTENT), datetime.fromtimestamp(second + 1, UTC))
+    with pytest.raises(FileChanged):
+        drop.delete(D, "frac.csv", later)
+    assert path.exists()
+
+
 def test_delete_removes_and_says_false_when_already_gone(env: Env) -> None:
     path = env.place("done.csv")
     drop = env.drop()
@@ -400,7 +483,7 @@ def test_an_unknown_host_key_is_refused_before_anything_is_fetched(sftp: Env) ->
         sftp.drop(sftp_attempts=3).fetch(D, "a.csv")
     message = str(caught.value)
     assert f"127.0.0.1:{server.port}" in message and str(server.known_hosts) in message
-    assert server.connections == 1  # never retried
+    assert connections(server, 1) == 1  # never retried
     assert reads == [] and sftp.staged() == []
 
 
@@ -427,7 +510,7 @@ def test_a_pinned_key_of_another_type_is_a_changed_host_key(sftp: Env) -> None:
     sftp.server.write_known_hosts(asyncssh.generate_private_key("ecdsa-sha2-nistp256"))
     with pytest.raises(HostKeyRefused):
         sftp.drop().list(D)
-    assert sftp.server.connections == 1
+    assert connections(sftp.server, 1) == 1
 
 
 def test_a_key_the_server_does_not_accept_is_misconfigured(sftp: Env) -> None:
@@ -437,7 +520,7 @@ def test_a_key_the_server_does_not_accept_is_misconfigured(sftp: Env) -> None:
     refused = re.escape(f"refused the key {other} for user tester")
     with pytest.raises(DropMisconfigured, match=refused):
         sftp.drop(ssh_key=other, sftp_attempts=3).list(D)
-    assert sftp.server.connections == 1
+    assert connections(sftp.server, 1) == 1
 
 
 def test_sftp_needs_known_hosts_and_a_usable_key(sftp: Env) -> None:
@@ -492,7 +575,7 @@ def test_every_try_is_a_new_connection(sftp: Env) -> None:
     sftp.server.reject_connections = True
     with pytest.raises(DropUnavailable, match="after 3 tries"):
         sftp.drop(sftp_attempts=3, sftp_backoff_seconds=0).list(D)
-    assert sftp.server.connections == 3
+    assert connections(sftp.server, 3) == 3
     sftp.server.reject_connections = False
     assert sftp.drop().list(D).ready == []
 
@@ -504,7 +587,7 @@ def test_a_connection_lost_mid_download_is_retried(sftp: Env) -> None:
     sftp.server.drop_transfers(1)
     fetched = sftp.drop(sftp_attempts=2).fetch(D, "flaky.csv")
     assert fetched.data == data and fetched.sha256 == hashlib.sha256(data).hexdigest()
-    assert sftp.server.connections == 2 and sftp.server.transfers_to_drop == 0
+    assert connections(sftp.server, 2) == 2 and sftp.server.transfers_to_drop == 0
     assert sftp.staged() == []
 
 
@@ -528,3 +611,132 @@ def test_the_drop_works_from_a_thread_running_an_event_loop(sftp: Env) -> None:
         return [f.name for f in drop.list(D).ready]
 
     assert asyncio.run(inside_a_loop()) == ["a.csv"]
+
+
+def test_a_generic_failure_mid_download_is_retried(sftp: Env) -> None:
+    assert sftp.server is not None
+    data = CONTENT + os.urandom(600_000)
+    sftp.place("flaky.csv", data=data)
+    sftp.server.fail_transfers(1)
+    fetched = sftp.drop(sftp_attempts=2).fetch(D, "flaky.csv")
+    assert fetched.data == data
+    assert connections(sftp.server, 2) == 2 and sftp.server.transfers_to_fail == 0
+    assert sftp.staged() == []
+
+
+def test_a_failure_then_a_hang_up_mid_download_is_retried(sftp: Env) -> None:
+    # the failure reply reaches the client first, then the connection ends
+    assert sftp.server is not None
+    data = CONTENT + os.urandom(600_000)
+    sftp.place("flaky.csv", data=data)
+    sftp.server.fail_transfers(1, hang_up=True)
+    fetched = sftp.drop(sftp_attempts=2).fetch(D, "flaky.csv")
+    assert fetched.data == data
+    assert connections(sftp.server, 2) == 2 and sftp.server.transfers_to_fail == 0
+
+
+def test_a_failure_on_every_try_is_unavailable(sftp: Env) -> None:
+    assert sftp.server is not None
+    path = sftp.place("flaky.csv", data=CONTENT + os.urandom(600_000))
+    sftp.server.fail_transfers(5)
+    with pytest.raises(DropUnavailable, match="after 2 tries") as caught:
+        sftp.drop(sftp_attempts=2).fetch(D, "flaky.csv")
+    assert SSID not in str(caught.value)
+    assert sftp.server.transfers_to_fail == 3
+    assert sftp.staged() == [] and path.exists()
+
+
+def test_nothing_in_the_home_ssh_folder_is_used(
+    sftp: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncssh's defaults read ~/.ssh: X.509 CAs (ca-bundle.crt, crt/) that could vouch for a
+    # host instead of known_hosts, default keys and their .pub files, known_hosts, config
+    assert sftp.server is not None
+    ssh = tmp_path / "home-dir" / ".ssh"
+    (ssh / "crt").mkdir(parents=True)
+    unreadable = "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"
+    (ssh / "ca-bundle.crt").write_text(unreadable)
+    (ssh / "crt" / "00000000.0").write_text(unreadable)
+    for name in ("id_ed25519", "id_rsa", "id_ed25519.pub", "id_ed25519-cert.pub", "config"):
+        (ssh / name).write_text("garbage\n")
+    (ssh / "known_hosts").write_text(sftp.server.known_hosts_line())
+    monkeypatch.setenv("HOME", str(ssh.parent))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    sftp.place("a.csv")
+    drop = sftp.drop()
+    assert [f.name for f in drop.list(D).ready] == ["a.csv"]
+    sftp.server.known_hosts.write_text("")  # ~/.ssh/known_hosts pins the key: not consulted
+    with pytest.raises(HostKeyRefused):
+        drop.list(D)
+
+
+# --- stale staging folders ----------------------------------------------------------------
+
+
+def _staging_folder(parent: Path, age: float, content: bytes | None = CONTENT) -> Path:
+    """A staging folder as a killed fetch leaves it, last touched `age` seconds ago."""
+    folder = Path(tempfile.mkdtemp(prefix="demographics-", dir=parent))
+    stamp = time.time() - age
+    if content is not None:
+        (folder / "download.csv").write_bytes(content)
+        os.utime(folder / "download.csv", (stamp, stamp))
+    os.utime(folder, (stamp, stamp))
+    return folder
+
+
+def test_clean_staging_removes_only_old_staging_folders(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    settings = Settings(home=tmp_path / "home", staging_dir=staging)
+    old = _staging_folder(staging, 2 * HOUR)
+    old_empty = _staging_folder(staging, 2 * HOUR, content=None)
+    fresh = _staging_folder(staging, 60)
+    # a download still being written: the folder is old, the file it writes is not
+    writing = _staging_folder(staging, 2 * HOUR)
+    os.utime(writing / "download.csv")
+    # old, but not what a fetch leaves: another program's folder, a file, another prefix
+    other = _staging_folder(staging, 2 * HOUR)
+    (other / "notes.txt").write_text("not ours")
+    os.utime(other, (time.time() - 2 * HOUR,) * 2)
+    prefect = staging / "demographics-test-prefect-abc"
+    prefect.mkdir()
+    plain_file = staging / "demographics-zzzzzzzz"
+    plain_file.write_bytes(b"a file")
+    for path in (prefect, plain_file):
+        os.utime(path, (time.time() - 2 * HOUR,) * 2)
+
+    assert clean_staging(settings) == 2
+    assert not old.exists() and not old_empty.exists()
+    assert fresh.exists() and writing.exists() and other.exists()
+    assert prefect.exists() and plain_file.exists()
+    assert clean_staging(settings, older_than_seconds=30) == 1  # now `fresh` is old enough
+    assert not fresh.exists()
+
+
+def test_clean_staging_never_follows_links(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = _staging_folder(elsewhere, 2 * HOUR)  # looks exactly like a stale folder
+    (staging / "demographics-x").symlink_to(target)
+    (staging / "demographics-abcd1234").symlink_to(target)
+    os.utime(staging / "demographics-abcd1234", (0, 0), follow_symlinks=False)
+    stale = _staging_folder(staging, 2 * HOUR)
+    settings = Settings(home=tmp_path / "home", staging_dir=staging)
+    assert clean_staging(settings, older_than_seconds=0) == 1
+    assert not stale.exists()
+    assert (target / "download.csv").read_bytes() == CONTENT
+    assert (staging / "demographics-x").is_symlink()
+    assert (staging / "demographics-abcd1234").is_symlink()
+
+
+def test_clean_staging_defaults_to_the_system_temp_and_a_missing_folder_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old = _staging_folder(tmp_path, 2 * HOUR)
+    assert clean_staging(Settings(home=tmp_path / "home", staging_dir=None)) == 1
+    assert not old.exists()
+    missing = Settings(home=tmp_path / "home", staging_dir=tmp_path / "missing")
+    assert clean_staging(missing) == 0

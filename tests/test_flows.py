@@ -27,6 +27,7 @@ from flows.pipeline import (
     process_file,
     sync_district_drop,
 )
+from tasks import process
 from tasks.access import grant_manager
 from tasks.sync import run_file
 
@@ -287,10 +288,24 @@ def test_files_past_retention_are_deleted_their_hold_discarded_and_managers_told
     product: Product,
 ) -> None:
     p = product
-    held = hold_ready(p)
-    stamp = (datetime.now(UTC) - timedelta(days=8)).timestamp()
-    os.utime(p.sftp.drop_dir / "d1" / "change.csv", (stamp, stamp))
-    p.put("d1", "old.csv", csv_bytes([line(ssid="0000000001", gender="M")]), timedelta(days=9))
+    held = hold_ready(p)  # change.csv waits for a decision; the service first saw it now
+    p.put("d1", "stale.csv", csv_bytes([line(ssid="0000000001", gender="M")]), timedelta(days=9))
+    with psycopg.connect(p.url) as conn:  # as if both were first seen eight days ago
+        conn.execute(
+            "INSERT INTO core.drop_files (district_id, name, size, modified, first_seen) "
+            "SELECT district_id, 'stale.csv', %s, %s, now() - interval '8 days' "
+            "FROM core.districts WHERE code = 'd1'",
+            (
+                (p.sftp.drop_dir / "d1" / "stale.csv").stat().st_size,
+                datetime.fromtimestamp(
+                    int((p.sftp.drop_dir / "d1" / "stale.csv").stat().st_mtime), UTC
+                ),
+            ),
+        )
+        conn.execute(
+            "UPDATE core.drop_files SET first_seen = now() - interval '8 days' "
+            "WHERE name = 'change.csv'"
+        )
 
     assert nightly_sync(return_state=True).is_completed()
 
@@ -300,8 +315,47 @@ def test_files_past_retention_are_deleted_their_hold_discarded_and_managers_told
     notice = p.mail_to("d1")[-1]
     assert "2 old files deleted" in notice["Subject"]
     body = str(notice.get_body(("plain",)).get_content())  # type: ignore[union-attr]
-    assert "old.csv" in body and "change.csv" in body and "7 days" in body
+    assert "stale.csv" in body and "change.csv" in body and "7 days" in body
     assert values(p.url, "d1")["s1"]["gender"] == "F"  # neither file was applied
+
+
+def test_a_fresh_upload_that_kept_an_old_time_is_synced_not_deleted(product: Product) -> None:
+    p = product  # WinSCP, `sftp -p` and `rsync -t` keep the original modification time
+    p.put("d1", "kept-time.csv", csv_bytes([line(ssid="0000000001", gender="M")]), timedelta(30))
+
+    assert nightly_sync(return_state=True).is_completed()
+
+    assert values(p.url, "d1")["s1"]["gender"] == "M" and p.remote("d1") == []
+    assert all("old files deleted" not in str(m["Subject"]) for m in p.smtp.messages())
+
+
+def test_a_file_asked_for_by_name_is_refused_while_it_may_still_be_uploading(
+    product: Product, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = product
+    monkeypatch.setenv("DEMOGRAPHICS_SETTLE_SECONDS", "120")
+    p.put("d1", "now.csv", csv_bytes([line(ssid="0000000001", gender="M")]))
+
+    state = process_file("d1", "now.csv", return_state=True)
+
+    assert state.is_failed() and "may still be uploading" in (state.message or "")
+    assert p.remote("d1") == ["now.csv"] and runs(p.url) == []
+    gone = process_file("d1", "never-there.csv")
+    assert gone == {"status": "gone", "file": "gone"}
+
+
+def test_only_the_file_that_was_read_is_deleted(product: Product) -> None:
+    p = product
+    data = csv_bytes([line(ssid="0000000001", gender="M")])
+    path = p.put("d1", "same-name.csv", data, timedelta(minutes=5))
+    fetched = process.fetch_file("d1", "same-name.csv")
+    assert fetched is not None
+    path.write_bytes(data + b"0000000002,,F,,,,,,,,,\n")  # a new upload under the same name
+
+    settled = process.settle_file("d1", process.source_of(fetched), "succeeded", None)
+
+    assert settled.action == "kept" and "replaced" in settled.reason
+    assert p.remote("d1") == ["same-name.csv"]
 
 
 def test_hostile_names_are_refused_and_never_touched(product: Product) -> None:
@@ -323,6 +377,9 @@ def test_hostile_names_are_refused_and_never_touched(product: Product) -> None:
     assert "3 entries in the drop were not taken" in notice["Subject"]
     body = str(notice.get_body(("plain",)).get_content())  # type: ignore[union-attr]
     assert "link.csv: a link" in body and "-rf.csv: unsafe name" in body
+    told = len(p.smtp.received)
+    assert nightly_sync(return_state=True).is_completed()
+    assert len(p.smtp.received) == told  # told once, not every night
 
 
 def test_a_file_over_the_size_limit_is_rejected_unread(
@@ -537,6 +594,32 @@ def _stored_files(folders: list[Path]) -> list[Path]:
     return [f for folder in folders for f in folder.rglob("*") if f.is_file()]
 
 
+def _wait_until_prefect_has_stored_everything(folder: Path) -> None:
+    """Logs and events reach the API in batches and are written by server-side services:
+    flush the client's queues, then wait until the stored counts stop changing."""
+    import sqlite3
+    import time
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=30)
+    (database,) = folder.glob("*.db")
+    last: tuple[int, ...] = ()
+    for _ in range(30):
+        with sqlite3.connect(database) as conn:
+            now = tuple(
+                conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("log", "events", "flow_run", "task_run", "flow_run_state")
+            )
+        if now == last:
+            return
+        last = now
+        time.sleep(2)
+    raise AssertionError("Prefect kept writing for a minute")
+
+
 def test_nothing_prefect_stores_holds_a_student_value(
     product: Product, prefect_api: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -554,12 +637,25 @@ def test_nothing_prefect_stores_holds_a_student_value(
     assert nightly_sync(return_state=True).is_completed()
     held = hold_ready_again(p)
     assert approve_held_sync(held, approved_by=APPROVER, return_state=True).is_completed()
+    with psycopg.connect(p.url) as conn:  # a failed apply: the database refuses a value
+        conn.execute(
+            "ALTER TABLE core.student_demographics ADD CONSTRAINT no_x CHECK (race <> 'Xrace')"
+        )
+    try:
+        p.put("d2", "fails.csv", csv_bytes([line(ssid="0000000006", race="Xrace")]))
+        assert sync_district_drop("d2", return_state=True).is_failed()
+    finally:
+        with psycopg.connect(p.url) as conn:
+            conn.execute("ALTER TABLE core.student_demographics DROP CONSTRAINT no_x")
     monkeypatch.setenv("DEMOGRAPHICS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     p.put("d1", "later.csv", csv_bytes([line(ssid="0000000003", gender="F")]))
     assert process_file("d1", "later.csv", return_state=True).is_failed()
+    _wait_until_prefect_has_stored_everything(prefect_api)
 
     secrets = [marker, "Q-invalid-marker", "nobody-known@students.example.org", "1.23457E+09"]
-    secrets += [s for _sid, ssid, email in STUDENTS + D2_STUDENTS for s in (ssid, email)]
+    secrets += ["Xrace"] + [
+        s for _sid, ssid, email in STUDENTS + D2_STUDENTS for s in (ssid, email)
+    ]
     from conftest import PREFECT_HOME
 
     files = _stored_files([prefect_api, PREFECT_HOME])

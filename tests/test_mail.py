@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import stat
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HEADER, row
-from smtp_server import PASSWORD, USER, SmtpServer, parse
+from smtp_server import PASSWORD, USER, HangUpServer, SmtpServer, parse
 
 from schemas.issues import Code
 from schemas.report import Issue, Report, SyncBlock, issues_frame
@@ -282,6 +283,29 @@ def test_issues_csv_neutralises_formulas() -> None:
     assert rows[0]["row"] == "2" and rows[-1]["row"] == ""
 
 
+def test_issues_csv_neutralises_formulas_behind_spaces_and_in_fullwidth() -> None:
+    cells = {
+        " =1+2": True,
+        '  \u00a0=HYPERLINK("http://x")': True,  # NBSP
+        "\u3000+1": True,  # ideographic space
+        "\u200b@SUM(A1)": True,  # zero-width space
+        "\n-2": True,
+        "\uff1d1+1": True,  # fullwidth = + - @
+        "\uff0b1": True,
+        "  \uff0d1": True,
+        "\uff20SUM(A1)": True,
+        " x=1": False,
+        "\u00a0maple": False,
+        "a\uff1d": False,
+    }
+    frame = issues_frame(
+        Issue(Code.INVALID_GENDER, "gender must be M or F", row=n, column="gender", value=v)
+        for n, v in enumerate(cells, start=2)
+    )
+    rows = csv_rows(issues_csv(replace(mixed_report(), issues=frame)))
+    assert [r["value"] for r in rows] == [("'" if q else "") + v for v, q in cells.items()]
+
+
 def test_notice_through_the_server(smtp_server: SmtpServer, tmp_path: Path) -> None:
     lines = [
         "deleted 2 files older than 7 days: a.csv, b.csv",
@@ -391,6 +415,65 @@ def test_smtp_needs_recipients(smtp_server: SmtpServer, tmp_path: Path) -> None:
         send_message(results(mixed_report(), recipients=[]), smtp_server.settings(tmp_path))
 
 
+# --- worth retrying or not -------------------------------------------------------------------
+
+
+def failure(settings: Settings, **kwargs: object) -> MailError:
+    with pytest.raises(MailError) as caught:
+        send_message(results(mixed_report(), **kwargs), settings)  # type: ignore[arg-type]
+    assert_safe(caught.value, PASSWORD)
+    return caught.value
+
+
+def test_mail_error_is_permanent_unless_said(tmp_path: Path) -> None:
+    assert MailError("x").transient is False
+    assert MailError("x", transient=True).transient is True
+
+
+def test_transient_failures(
+    start_smtp_server: Callable[..., SmtpServer], hang_up_server: HangUpServer, tmp_path: Path
+) -> None:
+    down = start_smtp_server("starttls", {USER: PASSWORD})
+    settings = down.settings(tmp_path, down.url(USER, PASSWORD))
+    down.stop()
+    assert failure(settings).transient  # the server is down: connection refused
+
+    hung = failure(down.settings(tmp_path, hang_up_server.url()))
+    assert "closed the connection unexpectedly" in str(hung) and hung.transient
+
+    for at in ("DATA", "RCPT"):
+        busy = start_smtp_server("starttls")
+        busy.refuse("451 4.3.0 try later", at=at)
+        error = failure(busy.settings(tmp_path))
+        assert "(451)" in str(error) and error.transient, at
+
+
+def test_permanent_failures(
+    start_smtp_server: Callable[..., SmtpServer],
+    plain_smtp_server: SmtpServer,
+    tmp_path: Path,
+) -> None:
+    server = start_smtp_server("starttls", {USER: PASSWORD})
+    permanent = {
+        "authentication failed": server.settings(tmp_path, server.url(USER, "Wr0ng")),
+        "does not offer STARTTLS": plain_smtp_server.settings(tmp_path),
+        "could not verify the certificate": server.settings(tmp_path, smtp_ca_file=None),
+        "cannot read the SMTP CA file": server.settings(
+            tmp_path, smtp_ca_file=tmp_path / "missing-ca.pem"
+        ),
+        "must start with smtp://": server.settings(tmp_path, "http://127.0.0.1:25"),
+    }
+    for expected, settings in permanent.items():
+        error = failure(settings)
+        assert expected in str(error) and not error.transient, expected
+    error = failure(server.settings(tmp_path), recipients=[])
+    assert "no recipients" in str(error) and not error.transient
+    for at in ("DATA", "RCPT"):
+        server.refuse("554 5.7.1 no thanks", at=at)
+        error = failure(server.settings(tmp_path))
+        assert "(554)" in str(error) and not error.transient, at
+
+
 def test_plain_relay_on_this_host_only(plain_smtp_server: SmtpServer, tmp_path: Path) -> None:
     url = plain_smtp_server.url(query="starttls=off")
     sent(plain_smtp_server, results(mixed_report()), plain_smtp_server.settings(tmp_path, url))
@@ -452,3 +535,23 @@ def test_outbox_without_smtp(tmp_path: Path) -> None:
     notice = build_notice_message(DISTRICT, NAME, "drop notice", ["refused 1 file"], [], SENDER)
     again = send_message(notice, settings)
     assert again.paths[0] != eml and len(list(settings.outbox_dir.iterdir())) == 4
+
+
+def test_an_outbox_that_is_a_link_is_refused_not_followed(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", smtp_url=None)
+    elsewhere = tmp_path / "shared"
+    elsewhere.mkdir(mode=0o755)
+    os.chmod(elsewhere, 0o755)
+    settings.outbox_dir.parent.mkdir(parents=True)
+    settings.outbox_dir.symlink_to(elsewhere)
+    with pytest.raises(MailError, match="is a link; nothing was written") as caught:
+        send_message(results(mixed_report(), recipients=[]), settings)
+    assert not caught.value.transient
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755  # no chmod through the link
+    assert list(elsewhere.iterdir()) == []
+    # a plain folder in its place, even a shared one, is used and made private
+    settings.outbox_dir.unlink()
+    settings.outbox_dir.mkdir(mode=0o755)
+    os.chmod(settings.outbox_dir, 0o755)
+    assert send_message(results(mixed_report(), recipients=[]), settings).kind == "written"
+    assert stat.S_IMODE(settings.outbox_dir.stat().st_mode) == 0o700

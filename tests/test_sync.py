@@ -9,6 +9,8 @@ import pytest
 from conftest import write_roster
 from storehelp import STUDENTS, codes_at, line, load, set_limits, snapshot, sync, values
 
+from tasks.access import NotAManager, grant_manager
+
 D = "d1"
 
 
@@ -265,10 +267,16 @@ def test_first_upload_is_never_held_but_a_sweeping_change_is(district: str) -> N
     assert {s["gender"] for s in values(district, D).values()} == {"F"}
     held_run = int(out.report.sync.run_id or 0)
 
+    manager = "t1@example.org"  # the roster's teacher, made a data manager
+    with pytest.raises(NotAManager):
+        sync(district, D, sweeping, approve=True, approved_by=manager)
+    with psycopg.connect(district, autocommit=True) as conn:
+        grant_manager(conn, D, manager, "test")
     other = [*sweeping, line("0000000003", race="White")]  # a different file: not approved
-    assert sync(district, D, other, approve=True).status == "held"
+    assert sync(district, D, other, approve=True, approved_by=manager).status == "held"
+    assert acts(district, "approve_held_sync") == []  # nothing was approved
 
-    out = sync(district, D, sweeping, approve=True)
+    out = sync(district, D, sweeping, approve=True, approved_by="T1@example.org")
     assert out.status == "succeeded"
     assert codes_at(out, "sync_held") == []
     assert values(district, D)["s1"]["gender"] == "M"
@@ -280,8 +288,17 @@ def test_first_upload_is_never_held_but_a_sweeping_change_is(district: str) -> N
             "SELECT approves_run_id FROM core.sync_runs WHERE run_id = %s",
             (int(out.report.sync.run_id or 0),),  # type: ignore[union-attr]
         ).fetchone()
-    assert row == ("approved", "test")
+    assert row == ("approved", manager)
     assert approves == (held_run,)
+    assert acts(district, "approve_held_sync") == [(manager, {"run_id": held_run})]
+
+
+def acts(url: str, act: str) -> list[tuple[str, dict[str, object]]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT actor, detail FROM core.access_acts WHERE act = %s ORDER BY 1", (act,)
+        ).fetchall()
+    return [(r[0], {k: v for k, v in r[1].items() if k != "via"}) for r in rows]
 
 
 def test_a_change_below_the_hold_limit_is_applied(district: str) -> None:
