@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -473,9 +473,37 @@ def nightly() -> None:
     """Run the nightly-sync flow once, now, through Prefect (every active district's drop)."""
     from flows.pipeline import nightly_sync
 
-    state = nightly_sync(return_state=True)
-    typer.echo(f"nightly-sync: {state.name}" + (f": {state.message}" if state.message else ""))
+    _flow_result("nightly-sync", nightly_sync(return_state=True))
+
+
+AsOption = Annotated[
+    str, typer.Option("--as", help="Your email: a data manager of the run's district.")
+]
+
+
+def _flow_result(name: str, state: Any) -> None:
+    typer.echo(f"{name}: {state.name}" + (f": {state.message}" if state.message else ""))
     raise typer.Exit(0 if state.is_completed() else 1)
+
+
+@app.command()
+def approve(
+    run_id: Annotated[int, typer.Argument(help="The held sync run.")], as_: AsOption
+) -> None:
+    """Apply a held sync from the drop (the same file, by SHA-256), through Prefect."""
+    from flows.pipeline import approve_held_sync
+
+    _flow_result("approve-held-sync", approve_held_sync(run_id, as_, return_state=True))
+
+
+@app.command()
+def discard(
+    run_id: Annotated[int, typer.Argument(help="The held sync run.")], as_: AsOption
+) -> None:
+    """Drop a held sync and delete its file from the drop, through Prefect."""
+    from flows.pipeline import discard_held_sync
+
+    _flow_result("discard-held-sync", discard_held_sync(run_id, as_, return_state=True))
 
 
 @app.command()

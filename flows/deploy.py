@@ -1,7 +1,7 @@
 """The deployments: the nightly schedule and the manual runs people start from the Prefect UI.
 
 `demographics serve` (or `make serve`) serves them from this process, so the schedule and the
-UI's Run button work with no work pool; `deployments/prefect.yaml` declares the same five for
+UI's Run button work with no work pool; `deployments/prefect.yaml` declares the same six for
 a work pool in production.
 """
 
@@ -14,6 +14,7 @@ from prefect.schedules import Cron
 from flows.pipeline import (
     apply_access_views,
     approve_held_sync,
+    change_teacher_fields,
     discard_held_sync,
     nightly_sync,
     process_file,
@@ -44,6 +45,10 @@ def deployments() -> list[RunnerDeployment]:
         discard_held_sync.to_deployment(
             name="discard-held-sync",
             description="Drop a held sync (run id) and delete its file from the drop.",
+        ),
+        change_teacher_fields.to_deployment(
+            name="change-teacher-fields",
+            description="A data manager sets the fields teachers see (empty list: none).",
         ),
         apply_access_views.to_deployment(
             name="apply-access-views",

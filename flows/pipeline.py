@@ -42,6 +42,7 @@ check_approver = task(process.check_approver, name="check-data-manager", **PRIVA
 discard_held = task(process.discard_held, name="discard-held-sync", **PRIVATE)
 discard_source_file = task(process.discard_source_file, name="discard-source-file", **PRIVATE)
 apply_views = task(process.apply_access_views, name="apply-access-views", **PRIVATE)
+teacher_fields = task(process.change_teacher_fields, name="change-teacher-fields", **PRIVATE)
 results_message = task(process.results_message, name="render-results-email", **PRIVATE)
 notice_message = task(process.notice_message, name="render-notice-email", **PRIVATE)
 # Sending is retried when the failure may pass (settings: mail_attempts, mail_retry_seconds),
@@ -304,3 +305,12 @@ def apply_access_views() -> dict[str, Any]:
     for step in result.owner_steps:
         log.warning("still to do: %s", step)
     return {"applied": list(result.applied), "owner_steps": [str(s) for s in result.owner_steps]}
+
+
+@flow(name="change-teacher-fields", **FLOW_SETTINGS)
+def change_teacher_fields(district: str, fields: list[str], changed_by: str) -> dict[str, Any]:
+    """A data manager (`changed_by`, their email) sets the demographic fields teachers see;
+    an empty list means none (teachers then see no rows). Applies to the next query."""
+    now = teacher_fields(district, fields, changed_by)
+    get_run_logger().info("teachers of %s now see: %s", district, ", ".join(now) or "nothing")
+    return {"district": district, "fields": now}

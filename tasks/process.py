@@ -208,6 +208,13 @@ def discard_held(run_id: int, discarded_by: str, via: str) -> tuple[store.HeldRu
 
 
 @safe_step
+def change_teacher_fields(district: str, fields: list[str], changed_by: str) -> list[str]:
+    """A data manager's change of what teachers see (empty: nothing); the fields now in force."""
+    with connect(_url(), autocommit=True) as conn:
+        return list(access.set_teacher_fields(conn, district, fields, changed_by).fields)
+
+
+@safe_step
 def apply_access_views() -> access.AccessViews:
     """The view and grants, and what the database owner must still do (when we are not it)."""
     with connect(_url(), autocommit=True) as conn:

@@ -17,6 +17,7 @@ EXPECTED = {
     "process-drop-file": "process_file",
     "approve-held-sync": "approve_held_sync",
     "discard-held-sync": "discard_held_sync",
+    "change-teacher-fields": "change_teacher_fields",
     "apply-access-views": "apply_access_views",
 }
 

@@ -22,6 +22,7 @@ from storehelp import STUDENTS, line, load, set_limits, values
 from flows.pipeline import (
     apply_access_views,
     approve_held_sync,
+    change_teacher_fields,
     discard_held_sync,
     nightly_sync,
     process_file,
@@ -557,6 +558,35 @@ def test_only_a_data_manager_of_the_district_approves_or_discards(product: Produ
     assert next(r for r in runs(p.url) if r["run_id"] == held)["resolution"] is None
     assert {v["gender"] for v in values(p.url, "d1").values()} == {"F"}
     assert p.remote("d1") == ["change.csv"]
+
+
+def test_approve_and_discard_on_the_command_line_run_the_flows(product: Product, cli) -> None:  # type: ignore[no-untyped-def]
+    p = product
+    held = hold_ready(p)
+    refused = cli("discard", held, "--as", "stranger@example.org")
+    assert refused.exit_code == 1 and "not a data manager of district d1" in refused.output
+
+    approved = cli("approve", held, "--as", APPROVER)
+
+    assert approved.exit_code == 0 and "approve-held-sync: Completed" in approved.output
+    assert {v["gender"] for v in values(p.url, "d1").values()} == {"M"}
+    assert p.remote("d1") == []
+
+
+def test_a_data_manager_changes_teacher_fields_through_the_flow(product: Product) -> None:
+    refused = change_teacher_fields("d1", ["gender"], "stranger@example.org", return_state=True)
+    assert refused.is_failed() and "not a data manager" in (refused.message or "")
+
+    assert change_teacher_fields("d1", ["sed", "gender"], APPROVER)["fields"] == ["gender", "sed"]
+    assert change_teacher_fields("d1", [], APPROVER)["fields"] == []
+    wrong = change_teacher_fields("d1", ["ssid"], APPROVER, return_state=True)
+    assert wrong.is_failed() and "ssid" in (wrong.message or "")
+    with psycopg.connect(product.url) as conn:
+        acts = conn.execute(
+            "SELECT actor, detail FROM core.access_acts WHERE act = 'teacher_fields' "
+            "ORDER BY act_id"
+        ).fetchall()
+    assert [a[0] for a in acts] == [APPROVER, APPROVER]
 
 
 def test_results_go_to_the_data_managers_when_the_district_has_no_list(
