@@ -25,7 +25,7 @@ from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
 from schemas.columns import DEMOGRAPHIC_COLUMNS
-from tasks.db import lock_migrations, migrations, pending
+from tasks.db import apply_migration, lock_migrations, migrations, pending
 from tasks.store import get_district
 
 FIELDS: tuple[str, ...] = DEMOGRAPHIC_COLUMNS  # the 10 fields a district may open to teachers
@@ -905,20 +905,8 @@ def apply_access_views(conn: psycopg.Connection, lock_timeout_seconds: float = 1
                     f"file{'s' if len(waiting) != 1 else ''} to apply); "
                     "run: demographics db upgrade"
                 )
-            conn.execute(
-                "SELECT set_config('lock_timeout', %s, true)",
-                (f"{max(int(lock_timeout_seconds * 1000), 1)}ms",),
-            )
             for migration in always:
-                conn.execute(migration.text)
-                conn.execute(
-                    """INSERT INTO core.schema_migrations (version, name, checksum)
-                       VALUES (%s, %s, %s)
-                       ON CONFLICT (version) DO UPDATE
-                       SET name = excluded.name, checksum = excluded.checksum,
-                           applied_at = now()""",
-                    (migration.version, migration.name, migration.checksum),
-                )
+                apply_migration(conn, migration, lock_timeout_seconds)
     except errors.LockNotAvailable:
         raise AccessViewsBusy(
             "the reporting view is held by a long query; nothing was changed, try again"

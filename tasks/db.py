@@ -264,6 +264,27 @@ def _create_migrations_table(conn: psycopg.Connection) -> None:
                 raise
 
 
+def apply_migration(
+    conn: psycopg.Connection, migration: Migration, lock_timeout_seconds: float | None = None
+) -> None:
+    """Run one file and record its checksum, in the caller's transaction. With a lock
+    timeout, a file that would wait behind a long query (a view being read) gives up
+    (LockNotAvailable) instead of queueing every new query behind it."""
+    if lock_timeout_seconds is not None:
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)",
+            (f"{max(int(lock_timeout_seconds * 1000), 1)}ms",),
+        )
+    conn.execute(migration.text)
+    conn.execute(
+        """INSERT INTO core.schema_migrations (version, name, checksum)
+           VALUES (%s, %s, %s)
+           ON CONFLICT (version) DO UPDATE
+           SET name = excluded.name, checksum = excluded.checksum, applied_at = now()""",
+        (migration.version, migration.name, migration.checksum),
+    )
+
+
 def upgrade(
     conn: psycopg.Connection, directory: Path = SQL_DIR, lock_timeout_seconds: float = 10.0
 ) -> list[str]:
@@ -300,20 +321,7 @@ def upgrade(
                             f"sql/{migration.path.name} was changed after it was applied; "
                             "put the change in a new numbered file"
                         )
-                    if always:
-                        conn.execute(
-                            "SELECT set_config('lock_timeout', %s, true)",
-                            (f"{max(int(lock_timeout_seconds * 1000), 1)}ms",),
-                        )
-                    conn.execute(migration.text)
-                    conn.execute(
-                        """INSERT INTO core.schema_migrations (version, name, checksum)
-                           VALUES (%s, %s, %s)
-                           ON CONFLICT (version) DO UPDATE
-                           SET name = excluded.name, checksum = excluded.checksum,
-                               applied_at = now()""",
-                        (migration.version, migration.name, migration.checksum),
-                    )
+                    apply_migration(conn, migration, lock_timeout_seconds if always else None)
             except errors.LockNotAvailable:
                 raise MigrationBusy(
                     f"sql/{migration.path.name} waited {lock_timeout_seconds:g} s for a lock "
