@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint serve bench bench-sync clean
+.PHONY: demo test lint serve bench bench-sync bench-view clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
@@ -33,6 +33,9 @@ bench: $(STAMP)
 
 bench-sync: $(STAMP)
 	$(BIN)/python bench/sync.py
+
+bench-view: $(STAMP)
+	$(BIN)/python bench/view.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
