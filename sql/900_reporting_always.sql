@@ -30,6 +30,13 @@
 --   are a MATERIALIZED CTE (`scoped`): no condition of the caller's is ever pushed into it,
 --   and the planner has no column statistics for a CTE's output, so even the caller's row
 --   estimates say nothing about the base tables. Every caller's condition runs on `scoped`.
+-- * `scoped` is built starting from the caller's scope (the district's students; those of the
+--   admin's schools; those of the teacher's classes), one branch per scope, so a teacher of 15
+--   students reads 15 students, not the district. The conditions that narrow it are the
+--   view's own, never the caller's, and they are all inside `scoped`: starting from the scope
+--   only applies the scope check earlier, the caller's conditions still run on `scoped` alone,
+--   and the argument above holds unchanged. (The caller's row and the fields they see are
+--   decided once per query, not per student; indexes: 005_reporting_indexes.sql.)
 -- * Scope and masking are read from the roster and core.teacher_access at query time: a roster
 --   reload or a teacher-field change applies to the next query, with no re-sync.
 -- * Roster rules the scope follows (README, "Access"): an administrator whose orgs include the
@@ -57,7 +64,7 @@ CREATE SCHEMA IF NOT EXISTS reporting;
 
 CREATE OR REPLACE VIEW reporting.student_demographics
     WITH (security_barrier = true, security_invoker = false) AS
-WITH caller AS (
+WITH caller AS MATERIALIZED (  -- one row at most, read once (see `scoped`)
     -- The one person behind current_user, if their login is open and they are active,
     -- enabled staff of an active district; with their scope and the fields they may see.
     SELECT sf.staff_id,
@@ -82,56 +89,126 @@ WITH caller AS (
       AND l.revoked_at IS NULL
       AND sf.active AND sf.enabled AND dd.active
 ),
-scoped AS MATERIALIZED (  -- never inline this: see "A LEAKPROOF condition" above
-    SELECT d.code AS district_code,
+sees AS MATERIALIZED (
+    -- Which fields the caller sees, decided once per query rather than once per student
+    -- (ten array searches per row were most of the cost of a district's million rows).
+    -- One row per caller row, carrying its staff_id: `scoped` joins it to that row only.
+    SELECT c.staff_id,
+           'gender' = ANY (c.fields) AS gender,
+           'ethnicity' = ANY (c.fields) AS ethnicity,
+           'race' = ANY (c.fields) AS race,
+           'english_learner' = ANY (c.fields) AS english_learner,
+           'migrant' = ANY (c.fields) AS migrant,
+           'gifted_learner' = ANY (c.fields) AS gifted_learner,
+           'special_ed' = ANY (c.fields) AS special_ed,
+           'sed' = ANY (c.fields) AS sed,
+           'homeless' = ANY (c.fields) AS homeless,
+           'foster' = ANY (c.fields) AS foster,
+           -- When any value changed, shown only to those who see every field: to the others
+           -- a change in a field hidden from them would show here.
+           c.fields @> ARRAY['gender', 'ethnicity', 'race', 'english_learner', 'migrant',
+                             'gifted_learner', 'special_ed', 'sed', 'homeless',
+                             'foster']::text[] AS every_field
+    FROM caller c
+),
+student_row AS NOT MATERIALIZED (
+    -- A student's row as the view shows it, before masking. Never read on its own: it is
+    -- inlined into each branch of the scope in `scoped` (NOT MATERIALIZED), where the
+    -- branch's conditions restrict it, so each branch is planned for its own size (a
+    -- teacher's few students by their keys, a district's every student by hash or merge
+    -- joins) rather than for the sum of all three.
+    SELECT st.student_id,
+           st.district_id,
+           st.active,
+           st.school_id,
            sc.sourced_id AS school_sourced_id,
            st.sourced_id AS student_sourced_id,
            st.ssid,
            st.email,
            st.given_name,
            st.family_name,
-           CASE WHEN 'gender' = ANY (c.fields) THEN v.gender END AS gender,
-           CASE WHEN 'ethnicity' = ANY (c.fields) THEN v.ethnicity END AS ethnicity,
-           CASE WHEN 'race' = ANY (c.fields) THEN v.race END AS race,
-           CASE WHEN 'english_learner' = ANY (c.fields) THEN v.english_learner END
-               AS english_learner,
-           CASE WHEN 'migrant' = ANY (c.fields) THEN v.migrant END AS migrant,
-           CASE WHEN 'gifted_learner' = ANY (c.fields) THEN v.gifted_learner END
-               AS gifted_learner,
-           CASE WHEN 'special_ed' = ANY (c.fields) THEN v.special_ed END AS special_ed,
-           CASE WHEN 'sed' = ANY (c.fields) THEN v.sed END AS sed,
-           CASE WHEN 'homeless' = ANY (c.fields) THEN v.homeless END AS homeless,
-           CASE WHEN 'foster' = ANY (c.fields) THEN v.foster END AS foster,
-           -- When any value changed, shown only to those who see every field: to the others
-           -- a change in a field hidden from them would show here.
-           CASE
-               WHEN c.fields @> ARRAY['gender', 'ethnicity', 'race', 'english_learner',
-                                      'migrant', 'gifted_learner', 'special_ed', 'sed',
-                                      'homeless', 'foster']::text[]
-               THEN v.updated_at
-           END AS demographics_updated_at
-    FROM caller c
-    JOIN core.districts d ON d.district_id = c.district_id
-    JOIN core.students st ON st.district_id = c.district_id AND st.active
+           v.gender,
+           v.ethnicity,
+           v.race,
+           v.english_learner,
+           v.migrant,
+           v.gifted_learner,
+           v.special_ed,
+           v.sed,
+           v.homeless,
+           v.foster,
+           v.updated_at
+    FROM core.students st
     LEFT JOIN core.schools sc ON sc.school_id = st.school_id
     LEFT JOIN core.student_demographics v ON v.student_id = st.student_id
+),
+scoped AS MATERIALIZED (  -- never inline this: see "A LEAKPROOF condition" above
+    SELECT d.code AS district_code,
+           r.school_sourced_id,
+           r.student_sourced_id,
+           r.ssid,
+           r.email,
+           r.given_name,
+           r.family_name,
+           CASE WHEN m.gender THEN r.gender END AS gender,
+           CASE WHEN m.ethnicity THEN r.ethnicity END AS ethnicity,
+           CASE WHEN m.race THEN r.race END AS race,
+           CASE WHEN m.english_learner THEN r.english_learner END AS english_learner,
+           CASE WHEN m.migrant THEN r.migrant END AS migrant,
+           CASE WHEN m.gifted_learner THEN r.gifted_learner END AS gifted_learner,
+           CASE WHEN m.special_ed THEN r.special_ed END AS special_ed,
+           CASE WHEN m.sed THEN r.sed END AS sed,
+           CASE WHEN m.homeless THEN r.homeless END AS homeless,
+           CASE WHEN m.foster THEN r.foster END AS foster,
+           CASE WHEN m.every_field THEN r.updated_at END AS demographics_updated_at
+    FROM caller c
+    JOIN sees m ON m.staff_id = c.staff_id
+    JOIN core.districts d ON d.district_id = c.district_id
+    CROSS JOIN LATERAL (
+        -- The caller's students, found from the caller's scope (their district; their
+        -- schools; their classes) rather than by reading every student of the district and
+        -- testing each one. One branch per scope, each holding the view's own conditions and
+        -- nothing of the caller's query: starting from the scope only does earlier what the
+        -- scope check did after, all of it inside this CTE, so no condition of the caller's
+        -- reaches these base tables and "A LEAKPROOF condition" above holds as it did.
+        -- Each branch tests the caller's scope before reading anything (a one-time filter),
+        -- so only the caller's branch runs, and it yields each student once: UNION ALL,
+        -- with DISTINCT where a student can be reached twice.
+        --
+        -- A district admin: every active student of the district.
+        SELECT r.*
+        FROM student_row r
+        WHERE c.scope = 'district' AND r.district_id = c.district_id AND r.active
+        UNION ALL
+        -- A school admin: the active students of the district whose (first) school is one
+        -- of their listed schools that is active (core.staff_schools has one row per person
+        -- and school).
+        SELECT r.*
+        FROM core.staff_schools ss
+        JOIN core.schools s ON s.school_id = ss.school_id AND s.active
+        JOIN student_row r ON r.school_id = s.school_id
+        WHERE c.scope = 'school' AND ss.staff_id = c.staff_id
+          AND r.district_id = c.district_id AND r.active
+        UNION ALL
+        -- A teacher with at least one field enabled (with none they see no rows, as the
+        -- WHERE below says for everyone): the active students of the district with an active
+        -- student enrollment in an active class, at an active school, in which the teacher
+        -- has an active teacher enrollment. DISTINCT: a student can be in two of their classes.
+        SELECT r.*
+        FROM (
+            SELECT DISTINCT se.student_id
+            FROM core.enrollments te
+            JOIN core.classes cl ON cl.class_id = te.class_id AND cl.active
+            JOIN core.schools cs ON cs.school_id = cl.school_id AND cs.active
+            JOIN core.enrollments se
+                ON se.class_id = te.class_id AND se.role = 'student' AND se.active
+            WHERE c.scope = 'teacher' AND cardinality(c.fields) > 0
+              AND te.staff_id = c.staff_id AND te.role = 'teacher' AND te.active
+        ) taught
+        JOIN student_row r ON r.student_id = taught.student_id
+        WHERE r.district_id = c.district_id AND r.active
+    ) r
     WHERE cardinality(c.fields) > 0  -- a teacher with no field enabled sees no rows
-      AND (
-          c.scope = 'district'
-          OR (c.scope = 'school' AND EXISTS (  -- the student's (first) school is theirs
-              SELECT 1
-              FROM core.staff_schools ss
-              JOIN core.schools s ON s.school_id = ss.school_id AND s.active
-              WHERE ss.staff_id = c.staff_id AND s.school_id = st.school_id))
-          OR (c.scope = 'teacher' AND EXISTS (  -- an active class of theirs, at an active school
-              SELECT 1
-              FROM core.enrollments te
-              JOIN core.classes cl ON cl.class_id = te.class_id AND cl.active
-              JOIN core.schools cs ON cs.school_id = cl.school_id AND cs.active
-              JOIN core.enrollments se ON se.class_id = te.class_id
-              WHERE te.staff_id = c.staff_id AND te.role = 'teacher' AND te.active
-                AND se.student_id = st.student_id AND se.role = 'student' AND se.active))
-      )
 )
 SELECT district_code, school_sourced_id, student_sourced_id, ssid, email, given_name,
        family_name, gender, ethnicity, race, english_learner, migrant, gifted_learner,

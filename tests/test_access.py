@@ -573,6 +573,35 @@ def test_the_planners_estimates_come_from_no_statistics_of_the_base_tables(
             assert len(estimates) == 1, (column, estimates)
 
 
+def test_a_teacher_or_school_admin_reads_their_scope_not_the_whole_district(
+    world: World,
+) -> None:
+    """The view starts from the caller's scope (the teacher's classes, the admin's schools),
+    not from every student of the district tested one by one: with thousands of students in
+    the district, the plan reads a handful of student rows, as many as in scope."""
+    world.teacher_fields("gender")
+    teacher, school = world.login("t1"), world.login("sadm")
+    with psycopg.connect(world.url, autocommit=True) as owner:
+        owner.execute(  # active students of the same district, in none of their schools
+            """INSERT INTO core.students (district_id, sourced_id, ssid)
+               SELECT d.district_id, 'bulk-' || i, lpad(i::text, 10, '0')
+               FROM core.districts d, generate_series(1, 3000) i WHERE d.code = %s""",
+            (A,),
+        )
+        owner.execute("ANALYZE core.students, core.student_demographics, core.enrollments")
+    for role, scope in ((teacher, ids(OA, "st1", "st2")), (school, ids(OA, "st1", "st2", "st3"))):
+        with world.connect(role) as conn:
+            assert set(visible(conn)) == scope
+            nodes = _plan_nodes(conn, "student_sourced_id <> {}", "none")
+        students = [n for n in nodes if n.get("Relation Name") == "students"]
+        assert students, role
+        read = sum(
+            (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"]
+            for n in students
+        )
+        assert read <= 2 * len(scope), (role, read)
+
+
 def test_a_logins_advisory_locks_hold_up_nothing_and_it_can_lock_no_row(world: World) -> None:
     """pg_advisory_lock is PUBLIC's: a login could hold the keys the application once used and
     stall upgrades and access changes. The application's locks are now ones no login can take."""

@@ -212,7 +212,7 @@ def test_a_configured_server_with_an_old_schema_is_refused_not_upgraded(db: str,
         result = cli("runs")
         assert result.exit_code == 2
         assert result.output.strip() == (
-            "error: the database schema is not up to date (5 SQL files to apply); "
+            "error: the database schema is not up to date (6 SQL files to apply); "
             "run: demographics db upgrade"
         )
         with psycopg.connect(db) as conn:

@@ -1,0 +1,13 @@
+-- Indexes for the reporting view (900_reporting_always.sql), which builds the caller's rows
+-- starting from their scope: a school admin's students are found by their school, a
+-- teacher's by their classes, rather than by reading every student of the district.
+--
+-- Already there (001_core.sql), and used by the teacher's branch: enrollments_class
+-- (core.enrollments (class_id)) and enrollments_staff (core.enrollments (staff_id)).
+--
+-- A school admin's students: the active students of each of their schools. Partial on
+-- `active`, the view's own condition (inactive students are never shown), so it stays the
+-- size of the roster in use. A sync never writes core.students (its values are in
+-- core.student_demographics), so this costs the sync nothing; a roster load updates it only
+-- for the students whose school or active flag changed.
+CREATE INDEX IF NOT EXISTS students_school_active ON core.students (school_id) WHERE active;
