@@ -23,10 +23,11 @@ import os
 import posixpath
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -672,6 +673,66 @@ def _short_reason(exc: BaseException) -> str:
     return escape_name(str(exc) or type(exc).__name__, 160)
 
 
+@dataclass(frozen=True)
+class HostKeyPins:
+    """What known_hosts pins for the drop's server, and the host key algorithms to offer it."""
+
+    pinned: bool  # any key or CA is listed for the host: a mismatch is a changed key
+    algorithms: tuple[str, ...]
+
+
+def host_key_algorithms(pinned: Sequence[bytes], *, ca: bool = False) -> tuple[str, ...]:
+    """Every host key algorithm asyncssh knows, those of the pinned keys first.
+
+    asyncssh offers only the pinned key types by default. A server that has none of them then
+    finds no common algorithm and hangs up, and whether the client sees a key exchange failure
+    or a lost connection (which is retried) depends on which event it handles first. Offered
+    every type, the server always presents a key, and the client checks it against known_hosts:
+    a key that is not pinned is refused, every time. Pinned types first keeps a server with
+    several keys presenting the pinned one (it takes the first of the client's list it has).
+    Offering more types trusts nothing more: only a pinned key is ever accepted.
+    """
+    from asyncssh.public_key import (
+        get_default_certificate_algs,
+        get_default_public_key_algs,
+        get_public_key_algs,
+    )
+
+    first = [*get_default_certificate_algs(), *pinned] if ca else list(pinned)
+    ordered = [*first, *get_default_public_key_algs(), *get_public_key_algs()]
+    return tuple(dict.fromkeys(alg.decode("ascii") for alg in ordered))
+
+
+def read_host_key_pins(known_hosts: Path, host: str, port: int) -> HostKeyPins:
+    """The keys known_hosts lists for the host, matched by name and by each of its addresses
+    as asyncssh matches them (`[host]:port`, or the bare host on port 22)."""
+    import asyncssh
+
+    if not known_hosts.is_file():
+        raise DropMisconfigured(
+            f"the known_hosts file {known_hosts} is missing; the SFTP drop's host key must be "
+            "pinned there"
+        )
+    try:
+        entries = asyncssh.read_known_hosts(str(known_hosts))
+    except (OSError, ValueError) as exc:
+        raise DropMisconfigured(
+            f"the known_hosts file {known_hosts} cannot be read: {_short_reason(exc)}"
+        ) from None
+    try:
+        addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, port)})
+    except OSError:
+        addresses = []  # unresolvable now: the connection will say so (and be retried)
+    algorithms: list[bytes] = []
+    ca = False
+    for address in addresses or [""]:
+        keys, ca_keys, *_ = entries.match(host, str(address), None if port == 22 else port)
+        ca = ca or bool(ca_keys)
+        for key in keys:
+            algorithms.extend(key.sig_algorithms)
+    return HostKeyPins(bool(algorithms) or ca, host_key_algorithms(algorithms, ca=ca))
+
+
 class SftpDrop:
     """A drop on an SFTP server: one connection per operation, retried as a whole."""
 
@@ -701,14 +762,11 @@ class SftpDrop:
         folder = posixpath.join(self.base, check_district(district))
         return folder if name is None else posixpath.join(folder, check_name(name))
 
-    async def _session(self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
+    async def _session(
+        self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]], pins: HostKeyPins
+    ) -> T:
         import asyncssh
 
-        if not self.known_hosts.is_file():
-            raise DropMisconfigured(
-                f"the known_hosts file {self.known_hosts} is missing; the SFTP drop's host key "
-                "must be pinned there"
-            )
         # Every option whose default reads ~/.ssh (or the environment) is set: only the pinned
         # known_hosts and the configured key decide who the server is and who we are.
         async with (
@@ -718,6 +776,8 @@ class SftpDrop:
                 username=self.username,
                 config=None,  # ~/.ssh/config must not change where or how we connect
                 known_hosts=str(self.known_hosts),  # never None: None disables the check
+                # every key type, the pinned ones first: see host_key_algorithms
+                server_host_key_algs=list(pins.algorithms),
                 # X.509 host certificates would be checked against ~/.ssh/ca-bundle.crt and
                 # ~/.ssh/crt instead of known_hosts: never trust those
                 x509_trusted_certs=None,
@@ -761,79 +821,95 @@ class SftpDrop:
 
     def _call(self, action: str, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
         """Run `op` on a fresh connection; retry transient failures with a doubling wait."""
-        import asyncssh
-
+        pins = read_host_key_pins(self.known_hosts, self.host, self.port)
         attempts = self.settings.sftp_attempts
         reason = ""
         last: BaseException | None = None
         for attempt in range(1, attempts + 1):
             try:
-                return _run_coroutine(lambda: self._session(op))
+                return _run_coroutine(lambda: self._session(op, pins))
             except DropError:
                 raise
-            except asyncssh.HostKeyNotVerifiable as exc:
-                raise self._host_key_refused() from exc
-            except asyncssh.KeyExchangeFailed as exc:
-                # A known_hosts entry of another key type makes the server find no host key
-                # the client accepts: that is a changed host key too.
-                if "host key" in (exc.reason or "").lower():
-                    raise self._host_key_refused() from exc
-                raise DropMisconfigured(
-                    f"the SFTP drop at {self.address} shares no algorithm with this client: "
-                    f"{_short_reason(exc)}"
-                ) from exc
-            except asyncssh.PermissionDenied as exc:
-                raise DropMisconfigured(
-                    f"the SFTP drop at {self.address} refused the key {self.ssh_key} for user "
-                    f"{self.username} (check ssh_key and the server's authorized keys)"
-                ) from exc
-            except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
-                raise DropMisconfigured(
-                    f"the SSH key {self.ssh_key} cannot be used: {_short_reason(exc)}"
-                ) from exc
-            except (asyncssh.IllegalUserName, asyncssh.ProtocolNotSupported) as exc:
-                raise DropMisconfigured(
-                    f"the SFTP drop at {self.address} refused the session: {_short_reason(exc)}"
-                ) from exc
-            except (
-                OSError,
-                asyncssh.DisconnectError,
-                asyncssh.ChannelOpenError,
-                asyncssh.SFTPConnectionLost,
-                asyncssh.SFTPNoConnection,
-                # The generic failure: what a server answers when its side of a transfer broke,
-                # or just before it drops the connection (then the failure, not the lost
-                # connection, may be what the client sees first); a fresh connection may work.
-                asyncssh.SFTPFailure,
-            ) as exc:
+            except Exception as exc:
+                final = self._final_failure(exc, action, pins)
+                if final is not None:
+                    raise final from exc
                 last, reason = exc, _short_reason(exc)
-                if attempt < attempts:
-                    wait = self.settings.sftp_backoff_seconds * 2 ** (attempt - 1)
-                    logger.warning(
-                        "%s: %s: try %d of %d failed (%s); trying again in %.3g s",
-                        self.description,
-                        action,
-                        attempt,
-                        attempts,
-                        reason,
-                        wait,
-                    )
-                    time.sleep(wait)
-            except asyncssh.SFTPError as exc:
-                raise DropError(
-                    f"the SFTP drop at {self.address} could not {action}: {_short_reason(exc)}"
-                ) from exc
+            if attempt < attempts:
+                wait = self.settings.sftp_backoff_seconds * 2 ** (attempt - 1)
+                logger.warning(
+                    "%s: %s: try %d of %d failed (%s); trying again in %.3g s",
+                    self.description,
+                    action,
+                    attempt,
+                    attempts,
+                    reason,
+                    wait,
+                )
+                time.sleep(wait)
         tries = "try" if attempts == 1 else "tries"
         raise DropUnavailable(
             f"the SFTP drop at {self.address} could not be reached after {attempts} {tries}: "
             f"{reason}"
         ) from last
 
-    def _host_key_refused(self) -> HostKeyRefused:
+    def _final_failure(self, exc: Exception, action: str, pins: HostKeyPins) -> DropError | None:
+        """What a failed try means: an error that no retry can mend, or None when the next try
+        may work (refused, reset, timed out, lost). Anything else is re-raised as it is."""
+        import asyncssh
+
+        if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+            return self._host_key_refused(pins)
+        if isinstance(exc, asyncssh.KeyExchangeFailed):
+            # Every host key type is offered, so this is a cipher, MAC or key exchange mismatch
+            return DropMisconfigured(
+                f"the SFTP drop at {self.address} shares no algorithm with this client: "
+                f"{_short_reason(exc)}"
+            )
+        if isinstance(exc, asyncssh.PermissionDenied):
+            return DropMisconfigured(
+                f"the SFTP drop at {self.address} refused the key {self.ssh_key} for user "
+                f"{self.username} (check ssh_key and the server's authorized keys)"
+            )
+        if isinstance(exc, asyncssh.KeyImportError | asyncssh.KeyEncryptionError):
+            return DropMisconfigured(
+                f"the SSH key {self.ssh_key} cannot be used: {_short_reason(exc)}"
+            )
+        if isinstance(exc, asyncssh.IllegalUserName | asyncssh.ProtocolNotSupported):
+            return DropMisconfigured(
+                f"the SFTP drop at {self.address} refused the session: {_short_reason(exc)}"
+            )
+        if isinstance(
+            exc,
+            OSError
+            | asyncssh.DisconnectError
+            | asyncssh.ChannelOpenError
+            | asyncssh.SFTPConnectionLost
+            | asyncssh.SFTPNoConnection
+            # The generic failure: what a server answers when its side of a transfer broke, or
+            # just before it drops the connection (then the failure, not the lost connection,
+            # may be what the client sees first); a fresh connection may work.
+            | asyncssh.SFTPFailure,
+        ):
+            return None
+        if isinstance(exc, asyncssh.SFTPError):
+            return DropError(
+                f"the SFTP drop at {self.address} could not {action}: {_short_reason(exc)}"
+            )
+        raise exc
+
+    def _host_key_refused(self, pins: HostKeyPins) -> HostKeyRefused:
+        if not pins.pinned:
+            return HostKeyRefused(
+                f"the SFTP drop at {self.address} is unknown: {self.known_hosts} pins no host "
+                "key for it, so it is not trusted; nothing was sent or fetched. Add the "
+                "server's key (ssh-keyscan, checked with the server's administrator)"
+            )
         return HostKeyRefused(
             f"the SFTP drop at {self.address} presented a host key that {self.known_hosts} does "
-            "not list for it (an unknown or changed server key); nothing was sent or fetched. "
-            "Confirm the new key with the server's administrator before updating known_hosts"
+            "not pin for it (the server's key changed, or another server answers); nothing was "
+            "sent or fetched. Confirm the new key with the server's administrator before "
+            "updating known_hosts"
         )
 
     async def _lstat(self, sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPAttrs | None:

@@ -14,7 +14,9 @@ at it.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,10 @@ class SftpServer:
         self.client_key.chmod(0o600)
         self._authorized = asyncssh.import_authorized_keys(key.export_public_key().decode())
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.other_host_keys: list[asyncssh.SSHKey] = []  # more keys the server holds (restart)
         self.port = 0
         self.connections = 0  # SSH connections accepted since the server was made
+        self._peers: list[int] = []  # the client port of each accepted connection, in order
         self.reject_connections = False  # accept TCP, then drop it before the handshake
         self.transfers_to_drop = 0  # downloads still to be cut off after their first chunk
         self.transfers_to_fail = 0  # downloads still to be answered FX_FAILURE after one chunk
@@ -71,6 +75,26 @@ class SftpServer:
     def write_known_hosts(self, key: asyncssh.SSHKey | None = None) -> None:
         """Pin `key` (default: the current host key) in the client's known_hosts file."""
         self.known_hosts.write_text(self.known_hosts_line(key))
+
+    def connections_so_far(self, timeout: float = 10.0) -> int:
+        """The connections accepted before now, once the server has handled every one of them.
+
+        A client gives up on a connection before the server's thread may have counted it, so a
+        count read at once can be short, and a short wait proves nothing. Instead a marker TCP
+        connection is opened now: connections are accepted in the order they arrive, so once
+        the marker is seen, every earlier one has been counted. The marker is not counted.
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as marker:
+            port = marker.getsockname()[1]
+            deadline = time.monotonic() + timeout
+            while port not in self._peers:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the SFTP server never saw the marker connection")
+                time.sleep(0.005)
+        before = self._peers.index(port)
+        self._peers.remove(port)
+        self.connections -= 1
+        return before
 
     def drop_transfers(self, count: int) -> None:
         """Cut the connection after the first chunk of each of the next `count` downloads.
@@ -122,7 +146,7 @@ class SftpServer:
         self._acceptor = await asyncssh.listen(
             "127.0.0.1",
             self.port,
-            server_host_keys=[self.host_key],
+            server_host_keys=[self.host_key, *self.other_host_keys],
             server_factory=lambda: _Server(self),
             sftp_factory=lambda chan: _Sftp(chan, self),
             allow_scp=False,
@@ -170,6 +194,7 @@ class _Server(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self._owner.connections += 1
+        self._owner._peers.append(conn.get_extra_info("peername")[1])
         self._owner._conns.add(conn)
         if self._owner.reject_connections:
             asyncio.get_running_loop().call_soon(conn.abort)

@@ -8,6 +8,8 @@ import logging
 import os
 import re
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,8 +19,9 @@ from typing import Any
 
 import asyncssh
 import pytest
-from conftest import HEADER, row
+from conftest import HEADER, row, write_roster
 from sftp_server import SftpServer, sftp_settings
+from storehelp import load
 
 from tasks.drop import (
     REASON_DIRECTORY,
@@ -36,6 +39,7 @@ from tasks.drop import (
     check_district,
     check_name,
     clean_staging,
+    host_key_algorithms,
     open_drop,
 )
 from tasks.settings import Settings
@@ -44,16 +48,7 @@ D = "d1"
 SSID = "0099887766"
 CONTENT = f"{HEADER}\n{row(ssid=SSID, email='secret.student@students.example.org')}\n".encode()
 HOUR = 3600
-
-
-def connections(server: SftpServer, expected: int) -> int:
-    """The server's connection count once the server has caught up: it counts a connection
-    in its own thread, possibly just after the client has already given up on it."""
-    deadline = time.monotonic() + 3
-    while server.connections < expected and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.05)  # and no further connection arrives
-    return server.connections
+DEMOGRAPHICS = Path(sys.executable).parent / "demographics"
 
 
 @dataclass
@@ -473,44 +468,130 @@ def test_staging_folder_is_private_while_downloading(sftp: Env) -> None:
 
 
 def test_an_unknown_host_key_is_refused_before_anything_is_fetched(sftp: Env) -> None:
+    # known_hosts pins a key for another server only: this one is unknown, not changed
     server = sftp.server
     assert server is not None
     sftp.place("a.csv")
-    server.write_known_hosts(asyncssh.generate_private_key("ssh-ed25519"))
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    server.known_hosts.write_text(f"[127.0.0.1]:{server.port + 1} {other}")
     reads: list[int] = []
     server.on_read = lambda: reads.append(1)
     with pytest.raises(HostKeyRefused) as caught:
         sftp.drop(sftp_attempts=3).fetch(D, "a.csv")
     message = str(caught.value)
-    assert f"127.0.0.1:{server.port}" in message and str(server.known_hosts) in message
-    assert connections(server, 1) == 1  # never retried
+    assert f"127.0.0.1:{server.port} is unknown" in message
+    assert f"{server.known_hosts} pins no host key for it" in message
+    assert server.connections_so_far() == 1  # never retried
     assert reads == [] and sftp.staged() == []
 
 
 def test_an_empty_known_hosts_file_trusts_nothing(sftp: Env) -> None:
     assert sftp.server is not None
     sftp.server.known_hosts.write_text("")
-    with pytest.raises(HostKeyRefused):
-        sftp.drop().list(D)
+    with pytest.raises(HostKeyRefused, match="is unknown"):
+        sftp.drop(sftp_attempts=3).list(D)
+    assert sftp.server.connections_so_far() == 1
 
 
 def test_a_changed_host_key_is_refused(sftp: Env) -> None:
     assert sftp.server is not None
-    drop = sftp.drop()
+    drop = sftp.drop(sftp_attempts=3)
     assert drop.list(D).ready == []
     sftp.server.restart(new_host_key=True)
-    with pytest.raises(HostKeyRefused, match="changed"):
+    with pytest.raises(HostKeyRefused) as caught:
         drop.list(D)
+    message = str(caught.value)
+    assert f"127.0.0.1:{sftp.server.port} presented a host key that" in message
+    assert f"{sftp.server.known_hosts} does not pin for it (the server's key changed" in message
+    assert sftp.server.connections_so_far() == 2  # the good listing, then one refused try
 
 
-def test_a_pinned_key_of_another_type_is_a_changed_host_key(sftp: Env) -> None:
-    # asyncssh offers only the pinned key types, so the server finds no key to use and the
-    # handshake fails as a key exchange failure, not as an untrusted key
-    assert sftp.server is not None
-    sftp.server.write_known_hosts(asyncssh.generate_private_key("ecdsa-sha2-nistp256"))
-    with pytest.raises(HostKeyRefused):
-        sftp.drop().list(D)
-    assert connections(sftp.server, 1) == 1
+@pytest.mark.parametrize("pinned_type", ["ssh-ed25519", "ecdsa-sha2-nistp256"])
+def test_a_key_that_is_not_pinned_is_refused_at_once_every_time(
+    sftp: Env, pinned_type: str
+) -> None:
+    # Another key of the server's own type, or a key of another type (the server then holds
+    # none of the pinned type: that once looked like a lost connection, and was retried).
+    server = sftp.server
+    assert server is not None
+    server.write_known_hosts(asyncssh.generate_private_key(pinned_type))
+    drop = sftp.drop(sftp_attempts=3, sftp_backoff_seconds=0)
+    for _ in range(50):
+        with pytest.raises(HostKeyRefused, match="does not pin for it"):
+            drop.list(D)
+    assert server.connections_so_far() == 50  # one connection each: never retried
+
+
+@pytest.mark.parametrize("pinned", [0, 1, 2])
+def test_a_server_with_several_key_types_is_trusted_by_any_one_pinned(
+    sftp: Env, pinned: int
+) -> None:
+    # `ssh-keyscan -t rsa` pins one key of a server that holds three: that one is used
+    server = sftp.server
+    assert server is not None
+    server.other_host_keys = [
+        asyncssh.generate_private_key("ecdsa-sha2-nistp256"),
+        asyncssh.generate_private_key("ssh-rsa", key_size=2048),
+    ]
+    server.restart()
+    keys = [server.host_key, *server.other_host_keys]
+    server.write_known_hosts(keys[pinned])
+    sftp.place("a.csv")
+    assert [f.name for f in sftp.drop(sftp_attempts=1).list(D).ready] == ["a.csv"]
+    server.write_known_hosts(asyncssh.generate_private_key("ssh-rsa", key_size=2048))
+    with pytest.raises(HostKeyRefused, match="does not pin for it"):
+        sftp.drop(sftp_attempts=3).list(D)
+
+
+def test_a_key_pinned_by_address_is_offered_first_when_the_drop_names_the_host(
+    sftp: Env,
+) -> None:
+    # known_hosts lists the server by its address; the drop URL names it `localhost`
+    server = sftp.server
+    assert server is not None
+    server.other_host_keys = [asyncssh.generate_private_key("ecdsa-sha2-nistp256")]
+    server.restart()
+    server.write_known_hosts(server.other_host_keys[0])
+    url = server.url.replace("127.0.0.1", "localhost")
+    assert sftp.drop(drop_url=url, sftp_attempts=1).list(D).ready == []
+
+
+def test_every_host_key_type_is_offered_the_pinned_ones_first() -> None:
+    offered = host_key_algorithms([b"ecdsa-sha2-nistp256"])
+    assert offered[0] == "ecdsa-sha2-nistp256"
+    assert {"ssh-ed25519", "rsa-sha2-256", "ssh-rsa", "ecdsa-sha2-nistp256"} <= set(offered)
+    assert len(offered) == len(set(offered))
+    assert set(host_key_algorithms([])) == set(offered)  # pinned or not, every type
+
+
+def test_a_pinned_key_mismatch_is_refused_at_once_through_the_command_line(
+    sftp: Env, db: str, tmp_path: Path
+) -> None:
+    server = sftp.server
+    assert server is not None
+    load(db, D, write_roster(tmp_path / "roster", [], district=D))
+    server.write_known_hosts(asyncssh.generate_private_key("ecdsa-sha2-nistp256"))
+    env = {
+        **os.environ,
+        "DEMOGRAPHICS_DATABASE_URL": db,
+        "DEMOGRAPHICS_HOME": str(tmp_path / "home"),
+        "DEMOGRAPHICS_DROP_URL": server.url,
+        "DEMOGRAPHICS_SSH_KEY": str(server.client_key),
+        "DEMOGRAPHICS_KNOWN_HOSTS": str(server.known_hosts),
+        "DEMOGRAPHICS_SFTP_BACKOFF_SECONDS": "0",
+    }
+    done = subprocess.run(
+        [str(DEMOGRAPHICS), "drop", "list", "--district", D],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"127.0.0.1:{server.port} presented a host key" in done.stderr
+    assert str(server.known_hosts) in done.stderr
+    assert server.connections_so_far() == 1  # refused on the first try of four
 
 
 def test_a_key_the_server_does_not_accept_is_misconfigured(sftp: Env) -> None:
@@ -520,7 +601,7 @@ def test_a_key_the_server_does_not_accept_is_misconfigured(sftp: Env) -> None:
     refused = re.escape(f"refused the key {other} for user tester")
     with pytest.raises(DropMisconfigured, match=refused):
         sftp.drop(ssh_key=other, sftp_attempts=3).list(D)
-    assert connections(sftp.server, 1) == 1
+    assert sftp.server.connections_so_far() == 1
 
 
 def test_sftp_needs_known_hosts_and_a_usable_key(sftp: Env) -> None:
@@ -575,7 +656,7 @@ def test_every_try_is_a_new_connection(sftp: Env) -> None:
     sftp.server.reject_connections = True
     with pytest.raises(DropUnavailable, match="after 3 tries"):
         sftp.drop(sftp_attempts=3, sftp_backoff_seconds=0).list(D)
-    assert connections(sftp.server, 3) == 3
+    assert sftp.server.connections_so_far() == 3
     sftp.server.reject_connections = False
     assert sftp.drop().list(D).ready == []
 
@@ -587,7 +668,7 @@ def test_a_connection_lost_mid_download_is_retried(sftp: Env) -> None:
     sftp.server.drop_transfers(1)
     fetched = sftp.drop(sftp_attempts=2).fetch(D, "flaky.csv")
     assert fetched.data == data and fetched.sha256 == hashlib.sha256(data).hexdigest()
-    assert connections(sftp.server, 2) == 2 and sftp.server.transfers_to_drop == 0
+    assert sftp.server.connections_so_far() == 2 and sftp.server.transfers_to_drop == 0
     assert sftp.staged() == []
 
 
@@ -620,7 +701,7 @@ def test_a_generic_failure_mid_download_is_retried(sftp: Env) -> None:
     sftp.server.fail_transfers(1)
     fetched = sftp.drop(sftp_attempts=2).fetch(D, "flaky.csv")
     assert fetched.data == data
-    assert connections(sftp.server, 2) == 2 and sftp.server.transfers_to_fail == 0
+    assert sftp.server.connections_so_far() == 2 and sftp.server.transfers_to_fail == 0
     assert sftp.staged() == []
 
 
@@ -632,7 +713,7 @@ def test_a_failure_then_a_hang_up_mid_download_is_retried(sftp: Env) -> None:
     sftp.server.fail_transfers(1, hang_up=True)
     fetched = sftp.drop(sftp_attempts=2).fetch(D, "flaky.csv")
     assert fetched.data == data
-    assert connections(sftp.server, 2) == 2 and sftp.server.transfers_to_fail == 0
+    assert sftp.server.connections_so_far() == 2 and sftp.server.transfers_to_fail == 0
 
 
 def test_a_failure_on_every_try_is_unavailable(sftp: Env) -> None:
