@@ -1,25 +1,52 @@
 # The two commands a new machine needs: `make demo` and `make test`.
+# Both install exactly uv.lock into .venv: every package at its locked version and hash.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# uv never downloads a Python of its own, and works on this project's .venv only
+UV     := UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv
+SYNC   := $(UV) sync --locked --extra dev --python $(BIN)/python
 
-.PHONY: demo test lint serve bench bench-sync bench-view clean
+.PHONY: demo test lint lock upgrade check-lock serve bench bench-sync bench-view clean
 
-$(STAMP): pyproject.toml
+# A fresh venv gets the uv that uv.lock pins, checked against the hashes the lock records.
+$(BIN)/uv: uv.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
 		|| { echo "demographics-sync needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python .ci/uv_requirement.py uv.lock > $(VENV)/uv-requirement.txt
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps --only-binary :all: \
+		-r $(VENV)/uv-requirement.txt
+	touch $(BIN)/uv
+
+# Everything but the project first (hatchling among it), then the project, built editable with
+# that hatchling: nothing is resolved afresh. --locked refuses a lock that pyproject.toml
+# no longer matches (run `make lock`).
+$(STAMP): pyproject.toml uv.lock $(BIN)/uv
+	$(SYNC) --no-install-project --quiet
+	$(SYNC) --quiet
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/demographics demo
 
-test: $(STAMP)
+test: $(STAMP) check-lock
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# Fails when pyproject.toml and uv.lock disagree, or .venv is not exactly the lock.
+check-lock: $(STAMP)
+	$(UV) lock --check --offline --quiet
+	$(SYNC) --check --quiet
+
+# After editing dependencies in pyproject.toml: bring uv.lock in line, changing nothing else.
+lock: $(BIN)/uv
+	$(UV) lock
+
+# Move to the newest releases pyproject.toml allows: all, or one (make upgrade PACKAGE=polars).
+upgrade: $(BIN)/uv
+	$(UV) lock $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
 
 serve: $(STAMP)
 	$(BIN)/demographics serve
