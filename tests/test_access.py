@@ -1135,18 +1135,28 @@ def test_apply_access_views_is_idempotent_and_safe_while_people_query(world: Wor
         except BaseException as exc:  # reported below
             failures.append(exc)
 
+    def queried_since(count: int) -> None:
+        """Wait until the reader has run another query (or failed)."""
+        deadline = time.monotonic() + 20
+        while len(seen) <= count and not failures:
+            assert time.monotonic() < deadline, "the reader ran no query"
+            time.sleep(0.01)
+
     worker = threading.Thread(target=query)
     worker.start()
     try:
-        with psycopg.connect(world.url) as conn:
+        queried_since(0)
+        # autocommit, as the flow and `db upgrade` run it: each apply is its own transaction
+        with psycopg.connect(world.url, autocommit=True) as conn:
             for _ in range(3):
+                before = len(seen)
                 assert apply_access_views(conn).applied == VIEW_FILES
-                time.sleep(0.05)
+                queried_since(before)  # the reader goes on between the applies
             assert pending(conn) == []
     finally:
         stop.set()
         worker.join()
-    assert not failures and seen and set(seen) == {3}
+    assert not failures and set(seen) == {3}
 
 
 def test_apply_access_views_gives_up_rather_than_queue_behind_a_long_query(world: World) -> None:
