@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "DEMOGRAPHICS_"
+
+
+class SettingsError(Exception):
+    """A DEMOGRAPHICS_ variable holds a value its setting cannot take. The message names the
+    variable and what it accepts, never the value (it may be a password in a URL)."""
 
 
 def _default_home() -> Path:
@@ -13,7 +24,8 @@ def _default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DEMOGRAPHICS_", extra="ignore")
+    # No inf or nan: "a number of days" must be one a timedelta can hold.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", allow_inf_nan=False)
 
     home: Path = Field(
         default_factory=_default_home,
@@ -86,11 +98,23 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="Wait between tries to send a results email."
     )
     timezone: str = Field(
-        default="UTC", description="Time zone of the nightly schedule (an IANA name)."
+        default="UTC",
+        description="Time zone of the nightly schedule (an IANA name).",
+        json_schema_extra={"accepts": "an IANA time zone name, such as America/Chicago"},
     )
     district_concurrency: int = Field(
         default=4, ge=1, description="How many districts the nightly flow syncs at once."
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        # OSError: a name that is a folder of the zone database ("America") is read as a file
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError("not a time zone") from None
+        return value
 
     @property
     def drop(self) -> str:
@@ -114,4 +138,61 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    return Settings()
+    """The settings in force; SettingsError (one line naming the variables) when any is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        names = [str(e["loc"][0]) for e in exc.errors() if e["loc"]]
+        raise SettingsError(invalid_settings_message(names)) from None
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+# A unit read off the setting's name: `settle_seconds` is a number of seconds.
+_UNITS = {"_seconds": "seconds", "_days": "days", "_mb": "megabytes"}
+_KINDS = {int: "a whole number", float: "a number", Path: "a path", str: "text"}
+
+
+def _plain_type(annotation: Any) -> Any:
+    """`float` for `float`, `Path` for `Path | None`."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        kept = [a for a in get_args(annotation) if a is not type(None)]
+        return kept[0] if len(kept) == 1 else annotation
+    return annotation
+
+
+_BOUNDS = {"ge": "{} or more", "gt": "more than {}", "le": "{} or less", "lt": "less than {}"}
+
+
+def _bound(constraint: Any) -> str | None:
+    """`Field(ge=0)` is kept as an `annotated_types.Ge(ge=0)` in the field's metadata."""
+    for attr, words in _BOUNDS.items():
+        limit = getattr(constraint, attr, None)
+        if isinstance(limit, int | float):
+            return words.format(f"{limit:g}")
+    return None
+
+
+def accepts(name: str, field: FieldInfo) -> str:
+    """What a setting accepts, in words, from its type and constraints: "a number of
+    seconds, 0 or more"."""
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("accepts"), str):
+        return str(extra["accepts"])
+    kind = _KINDS.get(_plain_type(field.annotation), "a valid value")
+    unit = next((u for suffix, u in _UNITS.items() if name.endswith(suffix)), None)
+    if unit and kind in ("a number", "a whole number"):
+        kind = f"{kind} of {unit}"
+    bounds = [b for b in map(_bound, field.metadata) if b]
+    return ", ".join([kind, *bounds])
+
+
+def invalid_settings_message(fields: list[str]) -> str:
+    """One line naming each wrong variable and what it accepts (each once, in field order)."""
+    known = Settings.model_fields
+    wrong = [name for name in known if name in set(fields)]
+    if not wrong:
+        return f"the {ENV_PREFIX}* settings are not valid (see the README's Configuration)"
+    return "; ".join(f"{env_name(n)} must be {accepts(n, known[n])}" for n in wrong)
