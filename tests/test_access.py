@@ -813,6 +813,56 @@ def test_a_managers_act_is_checked_and_recorded_with_the_act_itself(world: World
     assert acts == [("approve_held_sync", email(OA, "adm"), True, {"run_id": 7})]
 
 
+def _acts(conn: psycopg.Connection) -> list[Any]:
+    return conn.execute("SELECT * FROM core.access_acts ORDER BY act_id").fetchall()
+
+
+def test_the_record_of_access_acts_is_append_only_even_for_its_owner(world: World) -> None:
+    """The application's own user owns the table, so privileges cannot stop it: the triggers
+    do, for an UPDATE, a DELETE, a TRUNCATE, and a TRUNCATE ... CASCADE that would reach it."""
+    with psycopg.connect(world.url, autocommit=True) as conn:
+        owner = conn.execute(
+            "SELECT tableowner = current_user FROM pg_tables "
+            "WHERE schemaname = 'core' AND tablename = 'access_acts'"
+        ).fetchone()
+        assert owner == (True,)
+        before = _acts(conn)
+        assert len(before) == 2  # the world's two grants
+        for statement in (
+            "UPDATE core.access_acts SET actor = 'someone else'",
+            "DELETE FROM core.access_acts",
+            "TRUNCATE core.access_acts",
+            "TRUNCATE core.access_acts RESTART IDENTITY CASCADE",
+            "TRUNCATE core.districts CASCADE",  # a reset script's way to reach it
+        ):
+            with pytest.raises(errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(statement)
+        assert _acts(conn) == before
+        assert conn.execute("SELECT count(*) FROM core.districts").fetchone() == (2,)
+
+
+def test_db_upgrade_adds_the_truncate_refusal_to_an_existing_database(world: World, cli) -> None:  # type: ignore[no-untyped-def]
+    """A database upgraded before sql/006 existed, with acts on record: `db upgrade` applies
+    the file, and the acts are kept and can no longer be truncated."""
+    with psycopg.connect(world.url) as conn:
+        conn.execute("DROP TRIGGER access_acts_no_truncate ON core.access_acts")
+        conn.execute("DELETE FROM core.schema_migrations WHERE version = '006'")
+        conn.commit()
+        before = _acts(conn)
+    try:
+        result = cli("db", "upgrade")
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[0] == "applied 006_access_acts_no_truncate.sql"
+    finally:
+        with psycopg.connect(world.url) as conn:
+            upgrade(conn)  # whatever happened, later tests get the full schema back
+    with psycopg.connect(world.url, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege, match="append-only"):
+            conn.execute("TRUNCATE core.access_acts")
+        assert _acts(conn) == before and len(before) == 2
+        assert pending(conn) == []
+
+
 def test_teacher_fields_are_shown_and_set_by_a_data_manager_only(world: World) -> None:
     manager = email(OA, "adm")
     shown_now = run("teacher-fields", "--district", A, "--show")

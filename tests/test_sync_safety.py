@@ -9,9 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import write_roster
+from lockhelp import HeldLock
 from storehelp import STUDENTS, line, load, set_limits, snapshot, sync, values
 
-from tasks.store import DistrictBusy, get_district, lock_district
+from tasks.store import DistrictBusy
 from tasks.undo import UndoRefused, undo_run
 
 D = "d1"
@@ -23,19 +24,6 @@ def district(db: str, tmp_path: Path) -> str:
     load(db, "d2", write_roster(tmp_path / "other", STUDENTS, district="org-2"))
     set_limits(db, D, hold=1)
     return db
-
-
-class HeldLock:
-    """Another session holding a district's lock, as a running sync would."""
-
-    def __init__(self, url: str, code: str) -> None:
-        self.conn = psycopg.connect(url)
-        district = get_district(self.conn, code)
-        lock_district(self.conn.cursor(), district.district_id, code, 5)
-
-    def release(self) -> None:
-        self.conn.rollback()
-        self.conn.close()
 
 
 # --- concurrency ---------------------------------------------------------------------------
@@ -65,9 +53,12 @@ def test_a_second_sync_waits_for_the_first_then_runs(district: str) -> None:
         )
     )
     worker.start()
-    time.sleep(0.5)
-    assert worker.is_alive() and values(district, D) == {}  # waiting, nothing written
-    held.release()
+    try:
+        # Its backend waits for the lock, in PostgreSQL's own view (pg_locks, pg_stat_activity).
+        assert len(held.wait_for_waiters(alive=worker.is_alive)) == 1
+        assert values(district, D) == {} and snapshot(district)[2] == []  # nothing written yet
+    finally:
+        held.release()
     worker.join(20)
     assert results == ["succeeded"]
     assert values(district, D)["s1"]["gender"] == "F"
