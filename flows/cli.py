@@ -141,15 +141,18 @@ def _database_errors(func):  # type: ignore[no-untyped-def]
         from tasks.access import AccessError
         from tasks.db import DatabaseUnavailable, MigrationChanged, describe_error
         from tasks.roster import RosterRefused
-        from tasks.store import DistrictBusy, InvalidSetting, UnknownDistrict
+        from tasks.settings import SettingsError
+        from tasks.store import DistrictBusy, InvalidSetting, NotHeld, UnknownDistrict
         from tasks.undo import UndoRefused
 
         try:
             return func(*args, **kwargs)
         except (
+            SettingsError,
             DatabaseUnavailable,
             DistrictBusy,
             UnknownDistrict,
+            NotHeld,
             MigrationChanged,
             RosterRefused,
             UndoRefused,
@@ -196,6 +199,7 @@ def db_upgrade() -> None:
 
 
 @db_app.command("stop")
+@_database_errors
 def db_stop() -> None:
     """Stop the embedded PostgreSQL server (it is left running between commands)."""
     from tasks.db import stop_embedded
@@ -331,9 +335,11 @@ def runs(
     """List sync and undo runs, latest first."""
     from tasks.db import connect, ready_database_url
     from tasks.render import render_runs
-    from tasks.store import list_runs
+    from tasks.store import get_district, list_runs
 
     with connect(ready_database_url()) as conn:
+        if district is not None:
+            get_district(conn, district)  # an unknown district is refused, not "no runs yet"
         typer.echo(render_runs(list_runs(conn, district, limit)), nl=False)
 
 
@@ -411,6 +417,8 @@ app.add_typer(drop_app, name="drop")
 
 
 def _drop_errors(func):  # type: ignore[no-untyped-def]
+    """Drop errors as one line, exit 2 (the drop commands also check the district in the
+    database: they carry _database_errors too)."""
     import functools
 
     @functools.wraps(func)
@@ -419,21 +427,34 @@ def _drop_errors(func):  # type: ignore[no-untyped-def]
 
         try:
             return func(*args, **kwargs)
-        except (DropError, ValueError) as exc:
+        except DropError as exc:
             fail(str(exc))
 
     return wrapper
 
 
+def _known_district(code: str) -> None:
+    """Refuse a district the store does not know (UnknownDistrict), before the drop is
+    touched: a typo must not list nothing, or make a folder nobody reads."""
+    from tasks.db import connect, ready_database_url
+    from tasks.store import get_district
+
+    with connect(ready_database_url(), autocommit=True) as conn:
+        get_district(conn, code)
+
+
 @drop_app.command("list")
 @_drop_errors
+@_database_errors
 def drop_list(district: DistrictOption) -> None:
     """Show what the nightly run would do with each file in a district's drop."""
-    from tasks.drop import open_drop
+    from tasks.drop import check_district, open_drop
     from tasks.render import printable
     from tasks.settings import load_settings
 
-    drop = open_drop(load_settings())
+    settings = load_settings()
+    _known_district(check_district(district))
+    drop = open_drop(settings)
     listing = drop.list(district)
     typer.echo(f"{drop.description}/{district}")
     groups = (
@@ -452,18 +473,22 @@ def drop_list(district: DistrictOption) -> None:
 
 @drop_app.command("put")
 @_drop_errors
+@_database_errors
 def drop_put(file: FileArgument, district: DistrictOption) -> None:
     """Place a file in a district's drop, as a district's upload would."""
-    from tasks.drop import check_name, open_drop
+    from tasks.drop import check_district, check_name, open_drop
     from tasks.read import SourceUnreadable, read_source
     from tasks.settings import load_settings
 
+    settings = load_settings()
+    _known_district(check_district(district))
+    name = check_name(file.name)
     try:
         data = read_source(file)
     except SourceUnreadable as exc:
         fail(f"cannot read {exc}")
-    drop = open_drop(load_settings())
-    drop.put(district, check_name(file.name), data)
+    drop = open_drop(settings)
+    drop.put(district, name, data)
     typer.echo(f"placed {file.name} in {drop.description}/{district}")
 
 
@@ -471,6 +496,9 @@ def drop_put(file: FileArgument, district: DistrictOption) -> None:
 @_database_errors
 def nightly() -> None:
     """Run the nightly-sync flow once, now, through Prefect (every active district's drop)."""
+    from tasks.settings import load_settings
+
+    load_settings()  # a wrong setting is one line here, before Prefect starts
     from flows.pipeline import nightly_sync
 
     _flow_result("nightly-sync", nightly_sync(return_state=True))
@@ -481,26 +509,61 @@ AsOption = Annotated[
 ]
 
 
+ENGINE_PREFIX = "Flow run encountered an exception: "
+
+
+def flow_outcome(name: str, state_name: str, completed: bool, message: str | None) -> str:
+    """The last line a flow command prints: `name: Completed[: message]`, or for any other
+    end `error: name failed: reason` (a refusal's reason, or the exception Prefect recorded,
+    without its engine's preamble)."""
+    reason = (message or "").removeprefix(ENGINE_PREFIX).strip()
+    if completed:
+        return f"{name}: {state_name}" + (f": {reason}" if reason else "")
+    ended = {"Failed": "failed", "Refused": "refused"}.get(state_name, f"ended {state_name}")
+    return f"error: {name} {ended}" + (f": {reason}" if reason else "")
+
+
 def _flow_result(name: str, state: Any) -> None:
-    typer.echo(f"{name}: {state.name}" + (f": {state.message}" if state.message else ""))
-    raise typer.Exit(0 if state.is_completed() else 1)
+    """As for the other commands: 0 completed; 2 and one line on stderr when the run failed."""
+    completed = bool(state.is_completed())
+    line = flow_outcome(name, state.name, completed, state.message)
+    typer.echo(line, err=not completed)
+    raise typer.Exit(0 if completed else 2)
+
+
+def _decision_refused(run_id: int, email: str) -> None:
+    """The flow's own first checks (a held run waiting, a data manager deciding), run before
+    Prefect starts, so a refusal is one line and no flow run. The flow checks again."""
+    from tasks import process
+
+    try:
+        held = process.held_sync(run_id)
+        refused = held if isinstance(held, process.Refused) else process.check_approver(held, email)
+    except process.StepFailed as exc:
+        fail(str(exc))
+    if refused is not None:
+        fail(refused.reason)
 
 
 @app.command()
+@_database_errors
 def approve(
     run_id: Annotated[int, typer.Argument(help="The held sync run.")], as_: AsOption
 ) -> None:
     """Apply a held sync from the drop (the same file, by SHA-256), through Prefect."""
+    _decision_refused(run_id, as_)
     from flows.pipeline import approve_held_sync
 
     _flow_result("approve-held-sync", approve_held_sync(run_id, as_, return_state=True))
 
 
 @app.command()
+@_database_errors
 def discard(
     run_id: Annotated[int, typer.Argument(help="The held sync run.")], as_: AsOption
 ) -> None:
     """Drop a held sync and delete its file from the drop, through Prefect."""
+    _decision_refused(run_id, as_)
     from flows.pipeline import discard_held_sync
 
     _flow_result("discard-held-sync", discard_held_sync(run_id, as_, return_state=True))
@@ -508,10 +571,15 @@ def discard(
 
 @app.command()
 def serve() -> None:
-    """Serve the deployments (nightly schedule, manual runs) from this process until stopped."""
-    from flows.deploy import serve_all
+    """Serve the deployments (nightly schedule, manual runs) from this process until SIGTERM
+    or Ctrl-C; it stops within 5 s, cancelling the runs in flight (their files stay)."""
+    from flows.deploy import ApiUnavailable, serve_all
 
-    serve_all()
+    try:
+        stopped = serve_all()
+    except ApiUnavailable as exc:
+        fail(str(exc))
+    typer.echo(stopped.line())
 
 
 SAMPLE_ROSTER = SAMPLE_FILE.parent / "roster"
@@ -642,8 +710,13 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # the message may quote data: name the type only
-        typer.echo(f"error: unexpected failure ({type(exc).__name__})", err=True)
+    except Exception as exc:
+        from tasks.settings import SettingsError
+
+        if isinstance(exc, SettingsError):  # e.g. read as a module loads (flows.pipeline)
+            typer.echo(f"error: {exc}", err=True)
+        else:  # the message may quote data: name the type only
+            typer.echo(f"error: unexpected failure ({type(exc).__name__})", err=True)
         sys.exit(2)
 
 

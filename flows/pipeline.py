@@ -4,22 +4,29 @@ Every task here handles student data or its report, so all of them share one set
 are never persisted, never cached, and `print` is never logged. Flow parameters are district
 codes, file names, run ids and people; values travel only in memory between tasks. Large
 objects are passed `quote`d so Prefect does not walk them looking for futures.
+
+A refused request (see `tasks.process.Refused`) is never raised: Prefect's engines log a
+raised exception with its traceback. The step returns the refusal, and the flow returns a
+Failed state whose message is the one-line reason.
 """
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
-from prefect.states import State
+from prefect.futures import PrefectFuture
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from tasks import process
 from tasks.drop import DropFile
+from tasks.process import Refused
 from tasks.settings import load_settings
 
 # --- task settings, in one place ---------------------------------------------------------
@@ -27,6 +34,7 @@ from tasks.settings import load_settings
 PRIVATE: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE, "log_prints": False}
 
 check_database = task(process.check_database, name="check-database", **PRIVATE)
+check_request = task(process.check_file_request, name="check-request", **PRIVATE)
 active_districts = task(process.active_districts, name="active-districts", **PRIVATE)
 clean_staging = task(process.clean_staging, name="clean-staging", **PRIVATE)
 # The drop retries its own connections with backoff (settings: sftp_attempts,
@@ -74,6 +82,15 @@ class DistrictFailed(Exception):
 
 class NightlyFailed(Exception):
     """One or more districts failed; the message names them."""
+
+
+REFUSED = "Refused"  # the name of a Failed state that is a refusal, not a breakage
+
+
+def _refuse(refused: Refused) -> State:
+    """End the run Failed with the reason as its message, and no traceback anywhere."""
+    get_run_logger().warning("refused: %s", refused.reason)
+    return Failed(message=refused.reason, name=REFUSED)
 
 
 def _requester(requested_by: str | None) -> str:
@@ -137,16 +154,22 @@ def process_file(
     file_name: str,
     mode: Literal["preview", "sync"] = "sync",
     requested_by: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Fetch one file from the district's drop, preview or sync it, email the results, and
-    delete the file once its outcome is committed (kept when held, previewed or failed)."""
+    delete the file once its outcome is committed (kept when held, previewed or failed).
+    Refused: an unknown district, an unsafe name, a file that may still be uploading."""
     log = get_run_logger()
     by = _requester(requested_by)
     check_database()
+    refused = check_request(district, file_name)
+    if refused is not None:
+        return _refuse(refused)
     fetched = fetch_file(district, file_name)
     if fetched is None:
         log.info("%s is no longer in the drop; nothing to do", file_name)
         return {"status": "gone", "file": "gone"}
+    if isinstance(fetched, Refused):
+        return _refuse(fetched)
     if mode == "sync":
         waiting = waiting_hold(district, fetched.sha256)
         if waiting is not None:
@@ -155,6 +178,8 @@ def process_file(
     source = process.source_of(fetched)
     outcome = sync_file(district, quote(fetched), mode, by)
     del fetched
+    if isinstance(outcome, Refused):
+        return _refuse(outcome)
     block = outcome.report.sync
     log.info(
         "%s: %s (run %s): matched %s, updated %s, unchanged %s, unmatched %s",
@@ -208,8 +233,17 @@ def sync_district_drop(district: str, requested_by: str | None = None) -> dict[s
     done: list[dict[str, Any]] = []
     for position, ready in enumerate(plan.ready):
         state: State = process_file(district, ready.name, "sync", by, return_state=True)
+        waiting = len(plan.ready) - position - 1
+        if state.is_failed() and state.name == REFUSED:
+            # e.g. uploaded again since the listing: it and the files after it wait, in order
+            log.warning(
+                "%s was not taken (%s); it and the %s files after it wait for the next run",
+                ready.name,
+                state.message,
+                waiting,
+            )
+            break
         if state.is_failed():
-            waiting = len(plan.ready) - position - 1
             raise DistrictFailed(
                 f"district {district}: {ready.name} failed ({state.message}); it and the "
                 f"{waiting} files after it wait for the next run"
@@ -224,11 +258,29 @@ def _district(district: str, requested_by: str) -> dict[str, Any]:
     return sync_district_drop(district, requested_by)
 
 
-@flow(
-    name="nightly-sync",
-    task_runner=ThreadPoolTaskRunner(max_workers=load_settings().district_concurrency),
-    **FLOW_SETTINGS,
-)
+def _each_district(districts: list[str], by: str, at_once: int) -> list[str]:
+    """Every district's drop as its own task, at most `at_once` at a time: the next district
+    starts as soon as any one ends. Returns the districts that failed, in their order."""
+    finished: queue.SimpleQueue[str] = queue.SimpleQueue()
+    waiting = list(districts)
+    running: dict[str, PrefectFuture[dict[str, Any]]] = {}
+    failed: set[str] = set()
+    while waiting or running:
+        while waiting and len(running) < at_once:
+            code = waiting.pop(0)
+            running[code] = _district.submit(code, by)
+            running[code].add_done_callback(lambda _future, code=code: finished.put(code))
+        code = finished.get()
+        future = running.pop(code)
+        future.wait()
+        if future.state.is_failed():
+            failed.add(code)
+    return [code for code in districts if code in failed]
+
+
+# Threads as needed: _each_district bounds how many districts run at once, from the settings
+# as the run starts (not as this module loads, so a bad setting fails a run, not the import).
+@flow(name="nightly-sync", task_runner=ThreadPoolTaskRunner(), **FLOW_SETTINGS)
 def nightly_sync(requested_by: str | None = None) -> dict[str, Any]:
     """Every active district's drop, several districts at once; one district's failure never
     stops the others, and the run ends failed naming the districts that failed."""
@@ -236,12 +288,7 @@ def nightly_sync(requested_by: str | None = None) -> dict[str, Any]:
     check_database()
     clean_staging()
     districts = active_districts()
-    futures = {code: _district.submit(code, by) for code in districts}
-    failed = []
-    for code, future in futures.items():
-        future.wait()
-        if future.state.is_failed():
-            failed.append(code)
+    failed = _each_district(districts, by, load_settings().district_concurrency)
     if failed:
         raise NightlyFailed(
             f"{len(failed)} of {len(districts)} districts failed: {', '.join(failed)} "
@@ -252,22 +299,31 @@ def nightly_sync(requested_by: str | None = None) -> dict[str, Any]:
 
 
 @flow(name="approve-held-sync", **FLOW_SETTINGS)
-def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any]:
+def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any] | State:
     """Apply the held file, checked to be the same file by SHA-256, then delete it. Only a
-    data manager of the district (`approved_by`, their email) may approve."""
+    data manager of the district (`approved_by`, their email) may approve. Refused: no such
+    held run, already decided, not a data manager, the file gone or replaced."""
     log = get_run_logger()
     check_database()
     held = held_sync(run_id)
-    check_approver(held, approved_by)
+    if isinstance(held, Refused):
+        return _refuse(held)
+    refused = check_approver(held, approved_by)
+    if refused is not None:
+        return _refuse(refused)
     fetched = fetch_file(held.district, held.file_name)
     if fetched is None:
-        raise FileFailed(
-            f"{held.file_name} is no longer in the drop; upload it again to be judged afresh"
-        )
-    check_same_file(held, quote(fetched))
+        return _refuse(process.held_file_gone(held))
+    if isinstance(fetched, Refused):
+        return _refuse(fetched)
+    refused = check_same_file(held, quote(fetched))
+    if refused is not None:
+        return _refuse(refused)
     source = process.source_of(fetched)
     outcome = sync_file(held.district, quote(fetched), "sync", _requester(None), approved_by)
     del fetched
+    if isinstance(outcome, Refused):
+        return _refuse(outcome)
     emailed = _email(lambda: results_message(held.district, quote(outcome)), outcome.run_id)
     settled = _settle(held.district, source, outcome.status, outcome.run_id)
     log.info(
@@ -284,11 +340,14 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any]:
 
 
 @flow(name="discard-held-sync", **FLOW_SETTINGS)
-def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any]:
+def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any] | State:
     """Record a data manager's decision, then delete the held file if the drop still has that
-    very file."""
+    very file. Refused: no such held run, already decided, not a data manager."""
     check_database()
-    held, manager = discard_held(run_id, discarded_by, _requester(None))
+    decided = discard_held(run_id, discarded_by, _requester(None))
+    if isinstance(decided, Refused):
+        return _refuse(decided)
+    held, manager = decided
     state = discard_source_file(held, return_state=True)
     fate = state.result() if state.is_completed() else f"not checked ({state.message})"
     get_run_logger().info("held run %s discarded; source file %s", run_id, fate)
@@ -308,9 +367,14 @@ def apply_access_views() -> dict[str, Any]:
 
 
 @flow(name="change-teacher-fields", **FLOW_SETTINGS)
-def change_teacher_fields(district: str, fields: list[str], changed_by: str) -> dict[str, Any]:
+def change_teacher_fields(
+    district: str, fields: list[str], changed_by: str
+) -> dict[str, Any] | State:
     """A data manager (`changed_by`, their email) sets the demographic fields teachers see;
-    an empty list means none (teachers then see no rows). Applies to the next query."""
+    an empty list means none (teachers then see no rows). Applies to the next query.
+    Refused: not a data manager, a name that is not a demographic field, an unknown district."""
     now = teacher_fields(district, fields, changed_by)
+    if isinstance(now, Refused):
+        return _refuse(now)
     get_run_logger().info("teachers of %s now see: %s", district, ", ".join(now) or "nothing")
     return {"district": district, "fields": now}

@@ -357,13 +357,21 @@ def manager_emails(conn: psycopg.Connection, district_id: int) -> tuple[str, ...
 # --- teacher fields -----------------------------------------------------------------------
 
 
+_FIELD_LIKE = re.compile(r"[a-z][a-z_]{0,39}")
+
+
 def parse_fields(names: Iterable[str]) -> tuple[str, ...]:
     """Field names as given (any case, duplicates allowed) in the canonical order."""
     wanted = {n.strip().casefold() for n in names if n.strip()}
     unknown = sorted(wanted - set(FIELDS))
     if unknown:
-        shown = ", ".join(re.sub(r"[^A-Za-z0-9_ -]", "?", u)[:40] for u in unknown[:5])
-        raise InvalidField(f"not a demographic field: {shown}; the fields are {', '.join(FIELDS)}")
+        # Only names shaped like a field are repeated: anything else may be a student's value
+        named = [u for u in unknown if _FIELD_LIKE.fullmatch(u)][:5]
+        others = len(unknown) - len(named)
+        shown = [*named, *([f"{others} other value{'s' if others != 1 else ''}"] if others else [])]
+        raise InvalidField(
+            f"not a demographic field: {', '.join(shown)}; the fields are {', '.join(FIELDS)}"
+        )
     return tuple(f for f in FIELDS if f in wanted)
 
 

@@ -159,8 +159,9 @@ def safe_url(url: str) -> str:
 def describe_error(exc: BaseException) -> str:
     """A database error in words that never include the server's message (it may hold values)."""
     if isinstance(exc, psycopg.Error):
-        state = getattr(exc, "sqlstate", None) or "no SQLSTATE"
-        return f"database error {type(exc).__name__} (SQLSTATE {state})"
+        state = getattr(exc, "sqlstate", None)
+        code = f"SQLSTATE {state}" if state else "no SQLSTATE"
+        return f"database error {type(exc).__name__} ({code})"
     return type(exc).__name__
 
 

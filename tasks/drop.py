@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from schemas.districts import DISTRICT_CODE_RULE, is_district_code
 from tasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ LOGIN_TIMEOUT_SECONDS = 30.0
 KEEPALIVE_SECONDS = 15.0
 KEEPALIVE_COUNT_MAX = 4
 CHUNK_BYTES = 256 * 1024
-DISTRICT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # as core.districts.code
 STAGING_PREFIX = "demographics-"
 # what tempfile.mkdtemp(prefix=STAGING_PREFIX) makes: the prefix and 8 of its name characters
 _STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
@@ -213,12 +213,10 @@ def check_name(name: str) -> str:
 
 
 def check_district(code: str) -> str:
-    """Return the district code if it is safe as a folder name (the store's own rule)."""
-    if not isinstance(code, str) or not DISTRICT_PATTERN.fullmatch(code):
-        raise DropRefused(
-            f"refusing the district code '{escape_name(str(code))}': a district code is 1 to 64 "
-            "letters, digits, '-' or '_', starting with a letter or digit"
-        )
+    """Return the district code if it is safe as a folder name (the store's own rule). The
+    refusal does not repeat what was given: it may be anything, a student's email too."""
+    if not is_district_code(code):
+        raise DropRefused(f"refusing a district code that is not valid: {DISTRICT_CODE_RULE}")
     return code
 
 
@@ -703,7 +701,19 @@ def host_key_algorithms(pinned: Sequence[bytes], *, ca: bool = False) -> tuple[s
     return tuple(dict.fromkeys(alg.decode("ascii") for alg in ordered))
 
 
-def read_host_key_pins(known_hosts: Path, host: str, port: int) -> HostKeyPins:
+def addresses_of(host: str, port: int) -> list[str]:
+    """The host's addresses, which known_hosts may list it by; none when it does not resolve
+    now (the connection will say so, and be retried)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return sorted({str(info[4][0]) for info in found})
+
+
+def read_host_key_pins(
+    known_hosts: Path, host: str, port: int, addresses: Sequence[str]
+) -> HostKeyPins:
     """The keys known_hosts lists for the host, matched by name and by each of its addresses
     as asyncssh matches them (`[host]:port`, or the bare host on port 22)."""
     import asyncssh
@@ -719,14 +729,10 @@ def read_host_key_pins(known_hosts: Path, host: str, port: int) -> HostKeyPins:
         raise DropMisconfigured(
             f"the known_hosts file {known_hosts} cannot be read: {_short_reason(exc)}"
         ) from None
-    try:
-        addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, port)})
-    except OSError:
-        addresses = []  # unresolvable now: the connection will say so (and be retried)
     algorithms: list[bytes] = []
     ca = False
     for address in addresses or [""]:
-        keys, ca_keys, *_ = entries.match(host, str(address), None if port == 22 else port)
+        keys, ca_keys, *_ = entries.match(host, address, None if port == 22 else port)
         ca = ca or bool(ca_keys)
         for key in keys:
             algorithms.extend(key.sig_algorithms)
@@ -757,6 +763,7 @@ class SftpDrop:
         shown_host = f"[{host}]" if ":" in host else host
         self.address = f"{shown_host}:{port}"
         self.description = f"sftp://{username}@{self.address}{'' if base == '.' else base}"
+        self._addresses: list[str] = []
 
     def _path(self, district: str, name: str | None = None) -> str:
         folder = posixpath.join(self.base, check_district(district))
@@ -821,7 +828,9 @@ class SftpDrop:
 
     def _call(self, action: str, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
         """Run `op` on a fresh connection; retry transient failures with a doubling wait."""
-        pins = read_host_key_pins(self.known_hosts, self.host, self.port)
+        if not self._addresses:  # resolved once it resolves; known_hosts is read every call
+            self._addresses = addresses_of(self.host, self.port)
+        pins = read_host_key_pins(self.known_hosts, self.host, self.port, self._addresses)
         attempts = self.settings.sftp_attempts
         reason = ""
         last: BaseException | None = None

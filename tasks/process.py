@@ -3,8 +3,11 @@
 Each function takes names and ids (never student values), reads its own settings, and is safe
 to hand to Prefect: what it returns stays in memory (the flows turn result persistence off),
 and what it raises carries no student value and no chained cause, because Prefect records a
-failed task's message and traceback. The rules of settling a source file live here too, so the
-flows only say what runs in which order.
+failed task's message and traceback. A person's request that cannot be carried out (not a data
+manager, no such held run, an unknown district, an unsafe name, a file still settling) is not a
+failure: it is returned as a `Refused` value, never raised, so the run ends with the reason and
+no traceback. The rules of settling a source file live here too, so the flows only say what
+runs in which order.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from tasks.drop import (
     DropError,
     DropFile,
     DropListing,
+    DropRefused,
     FetchedFile,
     FileChanged,
     FileGone,
     RefusedEntry,
+    check_district,
     check_name,
     megabytes,
     open_drop,
@@ -37,7 +42,7 @@ from tasks.drop import (
 from tasks.drop import clean_staging as _clean_staging
 from tasks.mail import Delivery, MailError, build_notice_message, build_results_message
 from tasks.mail import send_message as _send_message
-from tasks.settings import Settings, load_settings
+from tasks.settings import Settings, SettingsError, load_settings
 from tasks.sync import Mode, SyncOutcome, run_file
 
 log = logging.getLogger(__name__)
@@ -57,11 +62,23 @@ SAFE_ERRORS = (
     store.DistrictBusy,
     store.NotHeld,
     access.AccessError,
+    SettingsError,
 )
+# A person asked for something the service will not do: told, not failed. None of these
+# messages names the person refused (they may have typed a student's email).
+REFUSALS = (store.UnknownDistrict, store.NotHeld, access.AccessRefused, access.InvalidField)
 
 
 class StepFailed(Exception):
     """A step could not finish; the message says why and carries no student value."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A person's request that is not carried out: nothing broke, the reason is one line
+    (safe to show and log). The flows end such a run Failed with this reason as its message."""
+
+    reason: str
 
 
 def _clean(exc: BaseException) -> BaseException:
@@ -123,22 +140,50 @@ def list_drop(district: str) -> DropListing:
 
 
 @safe_step
-def fetch_file(district: str, name: str) -> FetchedFile | None:
+def check_file_request(district: str, name: str) -> Refused | None:
+    """Refuse a request for a file of an unknown district, or under a name that is not safe
+    to use, before anything is taken from the drop."""
+    try:
+        check_district(district)
+        check_name(name)
+    except DropRefused as exc:
+        return Refused(str(exc))
+    with connect(_url(), autocommit=True) as conn:
+        try:
+            store.get_district(conn, district)
+        except store.UnknownDistrict as exc:
+            return Refused(str(exc))
+    return None
+
+
+def settling_refusal(fetched: FetchedFile, settle_seconds: float, now: datetime) -> Refused | None:
+    """A file modified within the settling time may still be uploading."""
+    age = (now - fetched.modified).total_seconds()
+    if age >= settle_seconds:
+        return None
+    return Refused(
+        f"{fetched.name} was modified {max(age, 0):.0f} s ago and may still be uploading; "
+        f"it is left in the drop (try again after {settle_seconds:g} s)"
+    )
+
+
+@safe_step
+def fetch_file(district: str, name: str) -> FetchedFile | Refused | None:
     """The file's bytes, or None when it is no longer in the drop (another run took it, or
-    the district removed it): nothing to do then. A file modified within the settling time
-    may still be uploading, and is refused even when asked for by name."""
+    the district removed it): nothing to do then. An unsafe name is refused, and so is a file
+    modified within the settling time (it may still be uploading), even when asked for by
+    name."""
+    try:
+        check_district(district)
+        check_name(name)
+    except DropRefused as exc:
+        return Refused(str(exc))
     settings = load_settings()
     try:
-        fetched = open_drop(settings).fetch(district, check_name(name))
+        fetched = open_drop(settings).fetch(district, name)
     except FileGone:
         return None
-    age = (datetime.now(UTC) - fetched.modified).total_seconds()
-    if age < settings.settle_seconds:
-        raise StepFailed(
-            f"{fetched.name} was modified {max(age, 0):.0f} s ago and may still be uploading; "
-            f"it is left in the drop (try again after {settings.settle_seconds:g} s)"
-        )
-    return fetched
+    return settling_refusal(fetched, settings.settle_seconds, datetime.now(UTC)) or fetched
 
 
 def source_of(fetched: FetchedFile) -> DropFile:
@@ -161,57 +206,84 @@ def sync_file(
     mode: Mode,
     requested_by: str,
     approved_by: str | None = None,
-) -> SyncOutcome:
+) -> SyncOutcome | Refused:
     """Preview or sync the fetched file; with `approved_by` (a data manager), apply it over
-    its hold, recording the approval with the run that applies it."""
+    its hold, recording the approval with the run that applies it. Refused when the district
+    or the approver's grant went away since the flow checked them."""
     settings = load_settings()
-    return run_file(
-        _url(settings),
-        district,
-        fetched.data,
-        fetched.name,
-        mode=mode,
-        approve=approved_by is not None,
-        requested_by=requested_by,
-        lock_wait_seconds=settings.lock_wait_seconds,
-        approved_by=approved_by,
-        via=requested_by,
+    try:
+        return run_file(
+            _url(settings),
+            district,
+            fetched.data,
+            fetched.name,
+            mode=mode,
+            approve=approved_by is not None,
+            requested_by=requested_by,
+            lock_wait_seconds=settings.lock_wait_seconds,
+            approved_by=approved_by,
+            via=requested_by,
+        )
+    except REFUSALS as exc:
+        return Refused(str(exc))
+
+
+@safe_step
+def held_sync(run_id: int) -> store.HeldRun | Refused:
+    """The held run waiting for a decision; refused when there is none (no such run, not
+    held, already approved or discarded)."""
+    with connect(_url(), autocommit=True) as conn:
+        try:
+            return store.held_run(conn, run_id)
+        except store.NotHeld as exc:
+            return Refused(str(exc))
+
+
+@safe_step
+def check_approver(held: store.HeldRun, approved_by: str) -> Refused | None:
+    """Refuse early, before anything is fetched: only a data manager of the district
+    approves or discards. The approval itself is recorded by the sync that applies the file."""
+    with connect(_url(), autocommit=True) as conn:
+        try:
+            access.require_manager(conn, held.district, approved_by)
+        except REFUSALS as exc:
+            return Refused(str(exc))
+    return None
+
+
+def held_file_gone(held: store.HeldRun) -> Refused:
+    return Refused(
+        f"{held.file_name} is no longer in the drop; upload it again to be judged afresh"
     )
 
 
 @safe_step
-def held_sync(run_id: int) -> store.HeldRun:
-    with connect(_url(), autocommit=True) as conn:
-        return store.held_run(conn, run_id)
-
-
-@safe_step
-def check_approver(held: store.HeldRun, approved_by: str) -> None:
-    """Refuse early, before anything is fetched: only a data manager of the district
-    approves. The approval itself is recorded by the sync that applies the file."""
-    with connect(_url(), autocommit=True) as conn:
-        access.require_manager(conn, held.district, approved_by)
-
-
-@safe_step
-def discard_held(run_id: int, discarded_by: str, via: str) -> tuple[store.HeldRun, str]:
+def discard_held(run_id: int, discarded_by: str, via: str) -> tuple[store.HeldRun, str] | Refused:
     """A data manager's decision, recorded (act and resolution in one transaction) before the
     file is removed, and only if it is that file. Returns the run and the manager's email."""
-    with connect(_url(), autocommit=True) as conn, conn.transaction():
-        held = store.held_run(conn, run_id)
-        district = store.get_district(conn, held.district)
-        by = access.record_manager_act(
-            conn, held.district, discarded_by, "discard_held_sync", {"run_id": run_id}, via=via
-        )
-        store.discard_holds(conn, district.district_id, by, run_id=run_id)
-        return held, by
+    try:
+        with connect(_url(), autocommit=True) as conn, conn.transaction():
+            held = store.held_run(conn, run_id)
+            district = store.get_district(conn, held.district)
+            by = access.record_manager_act(
+                conn, held.district, discarded_by, "discard_held_sync", {"run_id": run_id}, via=via
+            )
+            store.discard_holds(conn, district.district_id, by, run_id=run_id)
+            return held, by
+    except REFUSALS as exc:
+        return Refused(str(exc))
 
 
 @safe_step
-def change_teacher_fields(district: str, fields: list[str], changed_by: str) -> list[str]:
-    """A data manager's change of what teachers see (empty: nothing); the fields now in force."""
+def change_teacher_fields(district: str, fields: list[str], changed_by: str) -> list[str] | Refused:
+    """A data manager's change of what teachers see (empty: nothing); the fields now in force.
+    Refused for someone who is not a data manager, a name that is not a demographic field, or
+    an unknown district."""
     with connect(_url(), autocommit=True) as conn:
-        return list(access.set_teacher_fields(conn, district, fields, changed_by).fields)
+        try:
+            return list(access.set_teacher_fields(conn, district, fields, changed_by).fields)
+        except REFUSALS as exc:
+            return Refused(str(exc))
 
 
 @safe_step
@@ -483,12 +555,13 @@ def reject_unread(district: str, file: DropFile, requested_by: str) -> tuple[int
 
 
 @safe_step
-def check_same_file(held: store.HeldRun, fetched: FetchedFile) -> None:
+def check_same_file(held: store.HeldRun, fetched: FetchedFile) -> Refused | None:
     """Approving applies exactly the file that was held: a replaced file must be uploaded
     (and judged) again."""
-    if fetched.sha256 != held.file_sha256:
-        raise StepFailed(
-            f"{fetched.name} in the drop is not the file held by run {held.run_id} (its SHA-256 "
-            "differs): it was replaced after the hold. Nothing was applied; the new file is "
-            "synced (and judged) on the next run"
-        )
+    if fetched.sha256 == held.file_sha256:
+        return None
+    return Refused(
+        f"{fetched.name} in the drop is not the file held by run {held.run_id} (its SHA-256 "
+        "differs): it was replaced after the hold. Nothing was applied; the new file is "
+        "synced (and judged) on the next run"
+    )

@@ -9,6 +9,8 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
+from schemas.districts import shown_code
+
 
 class UnknownDistrict(Exception):
     """No district with that code; the message is safe to print."""
@@ -38,9 +40,10 @@ def get_district(conn: psycopg.Connection, code: str) -> District:
         (code,),
     ).fetchone()
     if row is None:
+        shown = shown_code(code)
         raise UnknownDistrict(
-            f"district {code} is not in the database; load its roster first "
-            f"(demographics roster load DIR --district {code})"
+            f"district {shown} is not in the database; load its roster first "
+            f"(demographics roster load DIR --district {shown})"
         )
     return District(
         district_id=row[0],

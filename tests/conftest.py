@@ -25,9 +25,10 @@ os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
-# The real SFTP and SMTP servers the tests start (fixtures: sftp_server, smtp_server, ...).
-pytest.register_assert_rewrite("sftp_server", "smtp_server")
-pytest_plugins = ["sftp_server", "smtp_server"]
+# The real SFTP and SMTP servers the tests start (fixtures: sftp_server, smtp_server, ...),
+# and the whole product for flow tests (flowhelp: the product fixture).
+pytest.register_assert_rewrite("sftp_server", "smtp_server", "flowhelp")
+pytest_plugins = ["sftp_server", "smtp_server", "flowhelp"]
 
 HEADER = (
     "SSID,email,gender,ethnicity,race,"

@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 import psycopg
 import pytest
-from conftest import HEADER, write_roster
-from sftp_server import SftpServer
-from smtp_server import SmtpServer
-from storehelp import STUDENTS, line, load, set_limits, values
+from flowhelp import (
+    APPROVER,
+    D2_STUDENTS,
+    MANAGERS,
+    Product,
+    csv_bytes,
+    decoded,
+    parts,
+    runs,
+    stored_files,
+    wait_until_prefect_has_stored_everything,
+)
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import State
+from storehelp import STUDENTS, line, set_limits, values
 
 from flows.pipeline import (
     apply_access_views,
@@ -29,117 +39,10 @@ from flows.pipeline import (
     sync_district_drop,
 )
 from tasks import process
-from tasks.access import grant_manager
 from tasks.sync import run_file
 
-D2_STUDENTS = [
-    ("s5", "0000000005", "eve@students.example.org"),
-    ("s6", "0000000006", "fay@students.example.org"),
-]
-MANAGERS = {"d1": "dm@d1.example.org", "d2": "dm@d2.example.org"}  # notification lists
-APPROVER = "t1@example.org"  # d1's teacher, granted data manager of d1
 XSS = "<img src=x onerror=alert(1)>"
 FORMULA = '=HYPERLINK("http://x")'
-
-
-def csv_bytes(lines: list[str]) -> bytes:
-    return (HEADER + "\n" + "".join(x + "\n" for x in lines)).encode()
-
-
-def runs(url: str) -> list[dict[str, Any]]:
-    with psycopg.connect(url) as conn:
-        cur = conn.execute("SELECT * FROM core.sync_runs ORDER BY run_id")
-        names = [c.name for c in cur.description or []]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-
-def history_rows(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM core.demographic_changes").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def decoded(message: EmailMessage) -> str:
-    """Every part of a message as a reader sees it, attachments included."""
-    return "\n".join(str(part.get_content()) for part in message.walk() if not part.is_multipart())
-
-
-def parts(message: EmailMessage) -> tuple[str, str, list[EmailMessage]]:
-    """The text part, the HTML part and the attachments of a results email."""
-    text = message.get_body(("plain",))
-    html = message.get_body(("html",))
-    assert text is not None and html is not None
-    assert text.get_content_type() == "text/plain"
-    assert message.get_content_type() == "multipart/mixed"
-    alternative = next(p for p in message.iter_parts() if p.is_multipart())
-    assert alternative.get_content_type() == "multipart/alternative"
-    return str(text.get_content()), str(html.get_content()), list(message.iter_attachments())
-
-
-class Product:
-    """Districts d1 and d2 on the SFTP drop, mail through the SMTP server, fast retries."""
-
-    def __init__(self, url: str, sftp: SftpServer, smtp: SmtpServer, staging: Path) -> None:
-        self.url, self.sftp, self.smtp, self.staging = url, sftp, smtp, staging
-
-    def put(self, district: str, name: str, data: bytes, age: timedelta | None = None) -> Path:
-        """A district's upload, written on the SFTP server's side."""
-        path = self.sftp.drop_dir / district / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        if age is not None:
-            stamp = (datetime.now(UTC) - age).timestamp()
-            os.utime(path, (stamp, stamp))
-        return path
-
-    def remote(self, district: str) -> list[str]:
-        folder = self.sftp.drop_dir / district
-        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-    def mail_to(self, district: str) -> list[EmailMessage]:
-        return [m for m in self.smtp.messages() if MANAGERS[district] in str(m["To"])]
-
-
-@pytest.fixture
-def product(
-    db: str,
-    prefect_api: Path,
-    sftp_server: SftpServer,
-    smtp_server: SmtpServer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Product:
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    env = {
-        "DROP_URL": sftp_server.url,
-        "SSH_KEY": str(sftp_server.client_key),
-        "KNOWN_HOSTS": str(sftp_server.known_hosts),
-        "STAGING_DIR": str(staging),
-        "SFTP_ATTEMPTS": "2",
-        "SFTP_BACKOFF_SECONDS": "0.05",
-        "SETTLE_SECONDS": "0",
-        "SMTP_URL": smtp_server.url(),
-        "SMTP_CA_FILE": str(smtp_server.certificates.ca_file),
-        "MAIL_FROM": "demographics-sync@service.example",
-        "MAIL_ATTEMPTS": "2",
-        "MAIL_RETRY_SECONDS": "0.05",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(f"DEMOGRAPHICS_{name}", value)
-    load(db, "d1", write_roster(tmp_path / "r1", STUDENTS, district="d1"))
-    load(db, "d2", write_roster(tmp_path / "r2", D2_STUDENTS, district="d2"))
-    with psycopg.connect(db) as conn:
-        for code, manager in MANAGERS.items():
-            conn.execute(
-                "UPDATE core.district_settings SET notification_recipients = ARRAY[%s] "
-                "WHERE district_id = (SELECT district_id FROM core.districts WHERE code = %s)",
-                (manager, code),
-            )
-    with psycopg.connect(db, autocommit=True) as conn:
-        assert grant_manager(conn, "d1", APPROVER, "test")
-    return Product(db, sftp_server, smtp_server, staging)
 
 
 def hold_ready(p: Product) -> int:
@@ -254,7 +157,23 @@ def test_a_changed_host_key_fails_the_nightly_run_naming_the_districts(product: 
 
     assert state.is_failed()
     assert "2 of 2 districts failed: d1, d2" in (state.message or "")
+    why = {run.parameters["district"]: run.state.message for run in district_runs_of(state)}
+    refused = f"the SFTP drop at 127.0.0.1:{p.sftp.port} presented a host key that"
+    assert set(why) == {"d1", "d2"} and all(refused in (m or "") for m in why.values()), why
     assert p.remote("d1") == ["a.csv"] and runs(p.url) == [] and values(p.url, "d1") == {}
+    assert p.sftp.connections_so_far() == 2  # one try per district: never retried
+
+
+def district_runs_of(nightly: State) -> list[FlowRun]:
+    """The sync-district-drop runs a nightly run started, as the Prefect API has them."""
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                    any_=[nightly.state_details.flow_run_id]
+                )
+            )
+        )
 
 
 def test_sftp_dropping_mid_transfer_keeps_the_file_and_the_staging_folder_empty(
@@ -477,24 +396,6 @@ def test_a_failed_apply_keeps_the_file_and_one_district_never_stops_another(
     assert "sync failed" in p.mail_to("d2")[0]["Subject"]
 
 
-def test_a_crash_between_commit_and_delete_never_applies_the_file_twice(
-    product: Product,
-) -> None:
-    p = product
-    data = csv_bytes([line(ssid="0000000001", gender="F")])
-    # The state a crash leaves: the sync committed, the file still in the drop.
-    first = run_file(p.url, "d1", data, "a.csv", requested_by="test")
-    p.put("d1", "a.csv", data)
-    changes = history_rows(p.url)
-
-    assert nightly_sync(return_state=True).is_completed()
-
-    second = runs(p.url)[-1]
-    assert second["same_as_run_id"] == first.run_id and second["values_changed"] == 0
-    assert history_rows(p.url) == changes
-    assert p.remote("d1") == [] and second["file_deleted_at"] is not None
-
-
 # --- held syncs ----------------------------------------------------------------------------
 
 
@@ -569,7 +470,9 @@ def test_approve_and_discard_on_the_command_line_run_the_flows(product: Product,
     p = product
     held = hold_ready(p)
     refused = cli("discard", held, "--as", "stranger@example.org")
-    assert refused.exit_code == 1 and "not a data manager of district d1" in refused.output
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: that person is not a data manager of district d1")
+    assert refused.stderr.count("\n") == 1 and "stranger@example.org" not in refused.stderr
 
     approved = cli("approve", held, "--as", APPROVER)
 
@@ -625,36 +528,6 @@ def test_the_apply_access_views_flow_can_run_at_any_time(product: Product) -> No
 # --- privacy -------------------------------------------------------------------------------
 
 
-def _stored_files(folders: list[Path]) -> list[Path]:
-    return [f for folder in folders for f in folder.rglob("*") if f.is_file()]
-
-
-def _wait_until_prefect_has_stored_everything(folder: Path) -> None:
-    """Logs and events reach the API in batches and are written by server-side services:
-    flush the client's queues, then wait until the stored counts stop changing."""
-    import sqlite3
-    import time
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogHandler
-
-    APILogHandler().flush()
-    EventsWorker.drain_all(timeout=30)
-    (database,) = folder.glob("*.db")
-    last: tuple[int, ...] = ()
-    for _ in range(30):
-        with sqlite3.connect(database) as conn:
-            now = tuple(
-                conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                for table in ("log", "events", "flow_run", "task_run", "flow_run_state")
-            )
-        if now == last:
-            return
-        last = now
-        time.sleep(2)
-    raise AssertionError("Prefect kept writing for a minute")
-
-
 def test_nothing_prefect_stores_holds_a_student_value(
     product: Product, prefect_api: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -685,7 +558,7 @@ def test_nothing_prefect_stores_holds_a_student_value(
     monkeypatch.setenv("DEMOGRAPHICS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     p.put("d1", "later.csv", csv_bytes([line(ssid="0000000003", gender="F")]))
     assert process_file("d1", "later.csv", return_state=True).is_failed()
-    _wait_until_prefect_has_stored_everything(prefect_api)
+    wait_until_prefect_has_stored_everything(prefect_api)
 
     secrets = [marker, "Q-invalid-marker", "nobody-known@students.example.org", "1.23457E+09"]
     secrets += ["Xrace"] + [
@@ -693,7 +566,7 @@ def test_nothing_prefect_stores_holds_a_student_value(
     ]
     from conftest import PREFECT_HOME
 
-    files = _stored_files([prefect_api, PREFECT_HOME])
+    files = stored_files([prefect_api, PREFECT_HOME])
     assert any(f.suffix == ".db" for f in files)  # the API's database is among them
     found = [
         (f.name, s, data[max(0, data.index(s.encode()) - 80) : data.index(s.encode()) + 40])

@@ -1,18 +1,30 @@
-"""The database commands as a data manager runs them: db, preview, sync, runs, undo, demo."""
+"""The database commands as a data manager runs them: db, preview, sync, runs, undo, demo,
+and the drop's (list, put: they refuse a district the database does not know)."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
 from conftest import write_roster
+from sftp_server import SftpServer
 from storehelp import HEADER, STUDENTS, line, load
 
 from tasks.db import MigrationChanged, migrations, pending, upgrade
 
 D = "d1"
+DEMOGRAPHICS = Path(sys.executable).with_name("demographics")
+UNKNOWN = (
+    "error: district nowhere is not in the database; load its roster first "
+    "(demographics roster load DIR --district nowhere)\n"
+)
 
 
 @pytest.fixture
@@ -75,7 +87,8 @@ def test_runs_lists_runs_and_undo_restores(district: str, tmp_path: Path, cli) -
     assert listing[1].split()[:4] == ["2", D, "undo", "succeeded"]
     assert listing[2].split()[:4] == ["1", D, "sync", "succeeded"]
     assert "undone by run 2" in listing[2]
-    assert cli("runs", "--district", "other").output == "no runs yet\n"
+    unknown = cli("runs", "--district", "nowhere")
+    assert unknown.exit_code == 2 and unknown.stdout == "" and unknown.stderr == UNKNOWN
     again = cli("undo", "1")
     assert again.exit_code == 2 and "already undone" in again.output
 
@@ -212,8 +225,8 @@ def test_a_configured_server_with_an_old_schema_is_refused_not_upgraded(db: str,
         result = cli("runs")
         assert result.exit_code == 2
         assert result.output.strip() == (
-            "error: the database schema is not up to date (6 SQL files to apply); "
-            "run: demographics db upgrade"
+            "error: the database schema is not up to date "
+            f"({len(migrations())} SQL files to apply); run: demographics db upgrade"
         )
         with psycopg.connect(db) as conn:
             assert conn.execute("SELECT count(*) FROM core.schema_migrations").fetchone() == (0,)
@@ -248,3 +261,117 @@ def test_approving_on_the_command_line_needs_a_data_manager(db: str, cli, tmp_pa
             "SELECT resolution, resolved_by FROM core.sync_runs WHERE run_id = 2"
         ).fetchone()
     assert row == ("approved", "t1@example.org")
+
+
+def test_runs_of_a_district_without_runs_says_so(district: str, cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("runs", "--district", D)
+    assert result.exit_code == 0 and result.output == "no runs yet\n"
+
+
+# --- the drop ------------------------------------------------------------------------------
+
+
+LISTED = re.compile(
+    r"  (?P<group>\S.*?) +(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC +(?P<size>\d+) bytes  )?"
+    r"(?P<name>\S+)"
+)
+
+
+def _listed(output: str) -> list[tuple[str, int | None, str]]:
+    """`drop list` rows after the drop's address: (group, size or None, name)."""
+    rows = []
+    for row in output.splitlines()[1:]:
+        found = LISTED.fullmatch(row)
+        assert found is not None, row
+        size = found["size"]
+        rows.append((found["group"], None if size is None else int(size), found["name"]))
+    return rows
+
+
+def test_drop_put_and_list_on_the_local_drop(
+    district: str, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("DEMOGRAPHICS_DROP_URL", raising=False)
+    monkeypatch.setenv("DEMOGRAPHICS_SETTLE_SECONDS", "120")
+    folder = tmp_path / "home" / "drop" / D
+    data = (HEADER + "\n" + line("0000000001", gender="F") + "\n").encode() * 3
+    source = tmp_path / "upload.csv"
+    source.write_bytes(data)
+
+    placed = cli("drop", "put", source, "--district", D)
+
+    assert placed.exit_code == 0, placed.output
+    assert placed.stdout == f"placed upload.csv in {folder.parent.as_uri()}/{D}\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["upload.csv"]  # whole, no partial left
+    assert (folder / "upload.csv").read_bytes() == data
+    assert cli("drop", "put", source, "--district", D).exit_code == 0  # replaced, still whole
+    assert (folder / "upload.csv").read_bytes() == data
+
+    old = time.time() - 600
+    (folder / "older.csv").write_bytes(data)
+    os.utime(folder / "older.csv", (old, old))
+    (folder / "link.csv").symlink_to(folder / "older.csv")
+    (folder / "notes.txt").write_text("not a csv: not listed")
+    listing = cli("drop", "list", "--district", D)
+
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    assert lines[0] == f"{folder.parent.as_uri()}/{D}"
+    assert _listed(listing.stdout) == [
+        ("ready", len(data), "older.csv"),
+        ("settling (may still be uploading)", len(data), "upload.csv"),
+        ("refused (a link)", None, "link.csv"),
+    ]
+
+
+def test_the_drop_commands_refuse_an_unknown_district(
+    district: str, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("DEMOGRAPHICS_DROP_URL", raising=False)
+    source = tmp_path / "upload.csv"
+    source.write_text(HEADER + "\n")
+    for args in (("drop", "list"), ("drop", "put", source)):
+        result = cli(*args, "--district", "nowhere")
+        assert result.exit_code == 2 and result.stdout == "" and result.stderr == UNKNOWN
+    assert not (tmp_path / "home" / "drop" / "nowhere").exists()  # no folder nobody reads
+    unsafe = cli("drop", "list", "--district", "../d1")
+    assert unsafe.exit_code == 2 and unsafe.stderr.startswith("error: refusing a district code that is not valid")
+
+
+def test_drop_put_places_the_file_whole_on_the_sftp_drop_and_list_shows_it(
+    district: str, tmp_path: Path, sftp_server: SftpServer
+) -> None:
+    source = tmp_path / "upload.csv"
+    data = HEADER + "\n" + "".join(line(f"{i:010d}", gender="F") + "\n" for i in range(1, 5000))
+    source.write_text(data)
+    env = {
+        **os.environ,
+        "DEMOGRAPHICS_DROP_URL": sftp_server.url,
+        "DEMOGRAPHICS_SSH_KEY": str(sftp_server.client_key),
+        "DEMOGRAPHICS_KNOWN_HOSTS": str(sftp_server.known_hosts),
+        "DEMOGRAPHICS_SETTLE_SECONDS": "120",
+    }
+
+    def demographics(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(DEMOGRAPHICS), *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    placed = demographics("drop", "put", str(source), "--district", D)
+
+    assert placed.returncode == 0, placed.stderr
+    assert placed.stdout == f"placed upload.csv in {sftp_server.url}/{D}\n"
+    remote = sftp_server.drop_dir / D
+    assert sorted(p.name for p in remote.iterdir()) == ["upload.csv"]
+    assert (remote / "upload.csv").read_bytes() == source.read_bytes()
+
+    listing = demographics("drop", "list", "--district", D)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.splitlines()[0] == f"{sftp_server.url}/{D}"
+    assert _listed(listing.stdout) == [
+        ("settling (may still be uploading)", len(source.read_bytes()), "upload.csv")
+    ]
+
+    refused = demographics("drop", "put", str(source), "--district", "nowhere")
+    assert refused.returncode == 2 and refused.stderr == UNKNOWN
+    assert not (sftp_server.drop_dir / "nowhere").exists()

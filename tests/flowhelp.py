@@ -1,0 +1,161 @@
+"""The whole product for flow tests (a pytest plugin): districts d1 and d2 loaded in the real
+database, their drop on the real SFTP server, mail through the real SMTP server, and helpers
+that read back what a run left (runs, history rows, emails)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import HEADER, write_roster
+from sftp_server import SftpServer
+from smtp_server import SmtpServer
+from storehelp import STUDENTS, load
+
+from tasks.access import grant_manager
+
+D2_STUDENTS = [
+    ("s5", "0000000005", "eve@students.example.org"),
+    ("s6", "0000000006", "fay@students.example.org"),
+]
+MANAGERS = {"d1": "dm@d1.example.org", "d2": "dm@d2.example.org"}  # notification lists
+APPROVER = "t1@example.org"  # d1's teacher, granted data manager of d1
+
+
+def csv_bytes(lines: list[str]) -> bytes:
+    return (HEADER + "\n" + "".join(x + "\n" for x in lines)).encode()
+
+
+def runs(url: str) -> list[dict[str, Any]]:
+    with psycopg.connect(url) as conn:
+        cur = conn.execute("SELECT * FROM core.sync_runs ORDER BY run_id")
+        names = [c.name for c in cur.description or []]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def history_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM core.demographic_changes").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def decoded(message: EmailMessage) -> str:
+    """Every part of a message as a reader sees it, attachments included."""
+    return "\n".join(str(part.get_content()) for part in message.walk() if not part.is_multipart())
+
+
+def parts(message: EmailMessage) -> tuple[str, str, list[EmailMessage]]:
+    """The text part, the HTML part and the attachments of a results email."""
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None
+    assert text.get_content_type() == "text/plain"
+    assert message.get_content_type() == "multipart/mixed"
+    alternative = next(p for p in message.iter_parts() if p.is_multipart())
+    assert alternative.get_content_type() == "multipart/alternative"
+    return str(text.get_content()), str(html.get_content()), list(message.iter_attachments())
+
+
+class Product:
+    """Districts d1 and d2 on the SFTP drop, mail through the SMTP server, fast retries."""
+
+    def __init__(self, url: str, sftp: SftpServer, smtp: SmtpServer, staging: Path) -> None:
+        self.url, self.sftp, self.smtp, self.staging = url, sftp, smtp, staging
+
+    def put(self, district: str, name: str, data: bytes, age: timedelta | None = None) -> Path:
+        """A district's upload, written on the SFTP server's side."""
+        path = self.sftp.drop_dir / district / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if age is not None:
+            stamp = (datetime.now(UTC) - age).timestamp()
+            os.utime(path, (stamp, stamp))
+        return path
+
+    def remote(self, district: str) -> list[str]:
+        folder = self.sftp.drop_dir / district
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+    def mail_to(self, district: str) -> list[EmailMessage]:
+        return [m for m in self.smtp.messages() if MANAGERS[district] in str(m["To"])]
+
+
+@pytest.fixture
+def product(
+    db: str,
+    prefect_api: Path,
+    sftp_server: SftpServer,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Product:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    env = {
+        "DROP_URL": sftp_server.url,
+        "SSH_KEY": str(sftp_server.client_key),
+        "KNOWN_HOSTS": str(sftp_server.known_hosts),
+        "STAGING_DIR": str(staging),
+        "SFTP_ATTEMPTS": "2",
+        "SFTP_BACKOFF_SECONDS": "0.05",
+        "SETTLE_SECONDS": "0",
+        "SMTP_URL": smtp_server.url(),
+        "SMTP_CA_FILE": str(smtp_server.certificates.ca_file),
+        "MAIL_FROM": "demographics-sync@service.example",
+        "MAIL_ATTEMPTS": "2",
+        "MAIL_RETRY_SECONDS": "0.05",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(f"DEMOGRAPHICS_{name}", value)
+    load(db, "d1", write_roster(tmp_path / "r1", STUDENTS, district="d1"))
+    load(db, "d2", write_roster(tmp_path / "r2", D2_STUDENTS, district="d2"))
+    with psycopg.connect(db) as conn:
+        for code, manager in MANAGERS.items():
+            conn.execute(
+                "UPDATE core.district_settings SET notification_recipients = ARRAY[%s] "
+                "WHERE district_id = (SELECT district_id FROM core.districts WHERE code = %s)",
+                (manager, code),
+            )
+    with psycopg.connect(db, autocommit=True) as conn:
+        assert grant_manager(conn, "d1", APPROVER, "test")
+    return Product(db, sftp_server, smtp_server, staging)
+
+
+# --- what Prefect keeps --------------------------------------------------------------------
+
+
+def stored_files(folders: list[Path]) -> list[Path]:
+    """Every file under the folders (the harness's database folder, PREFECT_HOME)."""
+    return [f for folder in folders for f in folder.rglob("*") if f.is_file()]
+
+
+def wait_until_prefect_has_stored_everything(folder: Path) -> None:
+    """Logs and events reach the API in batches and are written by server-side services:
+    flush the client's queues, then wait until the stored counts stop changing."""
+    import sqlite3
+    import time
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=30)
+    (database,) = folder.glob("*.db")
+    last: tuple[int, ...] = ()
+    for _ in range(30):
+        with sqlite3.connect(database) as conn:
+            now = tuple(
+                conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("log", "events", "flow_run", "task_run", "flow_run_state")
+            )
+        if now == last:
+            return
+        last = now
+        time.sleep(2)
+    raise AssertionError("Prefect kept writing for a minute")
