@@ -36,7 +36,7 @@ def test_the_environment_is_exactly_the_lock() -> None:
     assert "Would make no changes" in done.stderr
 
 
-def test_uv_itself_is_the_locked_uv_checked_by_its_hashes() -> None:
+def test_uv_is_bootstrapped_as_the_lock_pins_it_with_the_locks_hashes() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / ".ci" / "uv_requirement.py"), str(ROOT / "uv.lock")],
         capture_output=True,
@@ -56,13 +56,35 @@ def test_a_lock_that_pyproject_no_longer_matches_is_refused(tmp_path: Path) -> N
     pyproject = (tmp_path / "pyproject.toml").read_text()
     assert uv("lock", "--check", "--offline", cwd=tmp_path).returncode == 0
 
-    edits = {
-        "a dependency removed": pyproject.replace('    "css-inline>=0.14",\n', ""),
-        "a bound the lock does not meet": pyproject.replace('"polars>=1.30"', '"polars>=99"'),
+    edits = {  # what uv says of each
+        "a dependency removed": (
+            pyproject.replace('    "css-inline>=0.14",\n', ""),
+            "The lockfile at `uv.lock` needs to be updated",
+        ),
+        "a bound the lock does not meet": (
+            pyproject.replace('"polars>=1.30"', '"polars>=99"'),
+            "your project depends on polars>=99",
+        ),
     }
-    for what, edited in edits.items():
+    for what, (edited, said) in edits.items():
         assert edited != pyproject, what
         (tmp_path / "pyproject.toml").write_text(edited)
         done = uv("lock", "--check", "--offline", cwd=tmp_path)
-        assert done.returncode != 0, what
+        assert done.returncode != 0 and said in done.stderr, (what, done.stderr)
     assert (tmp_path / "uv.lock").read_bytes() == (ROOT / "uv.lock").read_bytes()  # untouched
+
+
+def test_production_installs_the_locked_runtime_dependencies_only() -> None:
+    # README, "In production": pip installs this export (--require-hashes), then the project
+    done = uv("export", "--frozen", "--no-emit-project", "--quiet", cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    pinned = {
+        line.split("==")[0]: line.split("==")[1].split()[0]
+        for line in done.stdout.splitlines()
+        if "==" in line and not line.startswith(("#", " "))
+    }
+    assert pinned["prefect"] == locked_version("prefect")
+    assert pinned["polars"] == locked_version("polars")
+    assert not {"pytest", "uv", "hatchling", "ruff"} & set(pinned)  # the dev extra stays out
+    hashed = done.stdout.count("--hash=sha256:")
+    assert hashed >= len(pinned)  # every pin carries its hashes
