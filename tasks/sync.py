@@ -410,6 +410,21 @@ def _record_alone(
         return _record(cur, district, outcome, started_at, requested_by, None)
 
 
+# SQLSTATEs of a server that is shutting down or restarting: the session is gone with it.
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+def failure_reason(cause: BaseException) -> str:
+    """Why a sync failed, in words that never include the server's message. A lost connection
+    (the server went away mid-apply) says so: "OperationalError" alone tells an operator
+    nothing, and lock timeouts and cancellations are OperationalErrors too."""
+    state = getattr(cause, "sqlstate", None)
+    lost = state is None or state.startswith("08") or state in _SERVER_GONE
+    if isinstance(cause, psycopg.OperationalError) and lost:
+        return "the connection to the database was lost" + (f", SQLSTATE {state}" if state else "")
+    return describe_error(cause)
+
+
 def _failed(
     url: str,
     district: store.District,
@@ -421,7 +436,7 @@ def _failed(
     """The transaction rolled back; record the failure on a fresh connection if possible."""
     outcome = SyncOutcome(
         _with_block(report, "failed"),
-        f"the sync failed and nothing was applied ({describe_error(cause)}); the file can be "
+        f"the sync failed and nothing was applied ({failure_reason(cause)}); the file can be "
         "synced again",
     )
     try:

@@ -4,8 +4,11 @@ Key authentication only (a client key generated per server), a generated host ke
 known_hosts file pinning it, and the drop's base folder `/drop` inside a chroot. Switches
 simulate what a real drop does on a bad night: it goes away (`stop`), comes back with another
 host key (`restart(new_host_key=True)`), accepts and drops connections (`reject_connections`),
-loses the connection in the middle of a download (`drop_transfers`), or answers a download
-with a generic failure, then possibly hangs up (`fail_transfers`).
+loses the connection in the middle of a download (`drop_transfers`), answers a download
+with a generic failure, then possibly hangs up (`fail_transfers`), or loses the connection
+when a delete is asked for (`cut_removes`). Hooks let a test watch or hold what the server
+does: `on_read` (each read), `on_open` (awaited on the server's loop before a file is opened)
+and `on_close` (a file closed).
 
 Use the `sftp_server` fixture and `sftp_settings(server, tmp_path)` for a Settings pointing
 at it.
@@ -17,7 +20,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,11 @@ class SftpServer:
         self.transfers_to_fail = 0  # downloads still to be answered FX_FAILURE after one chunk
         self.hang_up_after_failure = False  # close the connection after that failure
         self.on_read: Callable[[], None] | None = None  # called (server thread) on file reads
+        self.removes_to_cut = 0  # removes still to be answered by cutting the connection
+        # Awaited on the server's loop before a file is opened (it may wait, asynchronously,
+        # without holding up other connections), and called when an opened file is closed.
+        self.on_open: Callable[[bytes], Awaitable[None]] | None = None
+        self.on_close: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._acceptor: asyncssh.SSHAcceptor | None = None
@@ -84,15 +92,16 @@ class SftpServer:
         connection is opened now: connections are accepted in the order they arrive, so once
         the marker is seen, every earlier one has been counted. The marker is not counted.
         """
+        start = len(self._peers)  # an earlier connection may have had the marker's port
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as marker:
             port = marker.getsockname()[1]
             deadline = time.monotonic() + timeout
-            while port not in self._peers:
+            while port not in self._peers[start:]:
                 if time.monotonic() > deadline:
                     raise AssertionError("the SFTP server never saw the marker connection")
                 time.sleep(0.005)
-        before = self._peers.index(port)
-        self._peers.remove(port)
+        before = start + self._peers[start:].index(port)
+        del self._peers[before]
         self.connections -= 1
         return before
 
@@ -108,6 +117,11 @@ class SftpServer:
         first, so the client always sees it before the connection ends)."""
         self.transfers_to_fail = count
         self.hang_up_after_failure = hang_up
+
+    def cut_removes(self, count: int) -> None:
+        """Cut the connection when each of the next `count` removes is asked for, before
+        anything is removed: the drop lost at the delete, the client never hears back."""
+        self.removes_to_cut = count
 
     def start(self) -> None:
         """Listen (on the previous port after a stop); the first start writes known_hosts."""
@@ -194,7 +208,8 @@ class _Server(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self._owner.connections += 1
-        self._owner._peers.append(conn.get_extra_info("peername")[1])
+        peer = conn.get_extra_info("peername")
+        self._owner._peers.append(peer[1] if peer else -1)
         self._owner._conns.add(conn)
         if self._owner.reject_connections:
             asyncio.get_running_loop().call_soon(conn.abort)
@@ -240,6 +255,31 @@ class _Sftp(asyncssh.SFTPServer):
             # close(), not abort(): the failure reply already queued is sent before the end
             asyncio.get_running_loop().call_soon(self.connection.close)
         raise asyncssh.SFTPFailure("read failed (test)")
+
+    def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> Any:
+        if self._owner.on_open is None:
+            return super().open(path, pflags, attrs)
+        return self._open_after_hook(path, pflags, attrs)
+
+    async def _open_after_hook(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> Any:
+        hook = self._owner.on_open
+        if hook is not None:
+            await hook(path)
+        return super().open(path, pflags, attrs)
+
+    def close(self, file_obj: object) -> Any:
+        if self._owner.on_close is not None:
+            self._owner.on_close()
+        return super().close(file_obj)
+
+    def remove(self, path: bytes) -> Any:
+        owner = self._owner
+        if owner.removes_to_cut <= 0:
+            return super().remove(path)
+        owner.removes_to_cut -= 1
+        # No answer and nothing removed: the connection just ends, as when a network link dies.
+        self.connection.abort()
+        return asyncio.get_running_loop().create_future()  # never resolved; cancelled
 
 
 def sftp_settings(server: SftpServer, folder: Path, **overrides: Any) -> Settings:

@@ -12,8 +12,13 @@ Fixtures:
   `USER`/`PASSWORD` accepted (AUTH is offered only over TLS; not required).
 - `hang_up_server`: a TCP server that accepts every connection and closes it at once, before
   any greeting (an SMTP server going away mid-session).
+- `silent_smtp_server`: a TCP server that accepts every connection and never says a word (a
+  hung server: it holds the client in its greeting until the client's timeout).
 
-A server's `received` list holds every envelope it accepted; `messages()` parses them back.
+A server's `received` list holds every envelope it accepted; `messages()` parses them back;
+`rcpt_attempts` counts RCPT commands (refused ones included) and `logins` every AUTH attempt
+with the connection it came on, so a test can count a client's tries (smtplib tries each
+mechanism the server offers, PLAIN then LOGIN, on one connection).
 `stop()` takes it down (the port then refuses connections); `refuse(...)` makes it answer
 the given reply to RCPT or DATA.
 """
@@ -153,12 +158,32 @@ def parse(content: bytes) -> EmailMessage:
     return msg
 
 
+@dataclass(frozen=True)
+class Login:
+    """One AUTH attempt: on which connection (1, 2, ... in the order they tried), who, and
+    whether the server accepted it."""
+
+    connection: int
+    user: str
+    accepted: bool
+
+
 @dataclass
 class Handler:
     """Stores what it accepts; `refusals` maps "RCPT"/"DATA" to the reply to give instead."""
 
     received: list[Received] = field(default_factory=list)
     refusals: dict[str, str] = field(default_factory=dict)
+    rcpt_attempts: int = 0  # RCPT commands seen, refused or not
+    logins: list[Login] = field(default_factory=list)  # every AUTH attempt
+    _auth_connections: int = 0
+
+    def login_tried(self, session: Session, user: str, accepted: bool) -> None:
+        number = getattr(session, "test_connection", None)
+        if number is None:  # numbered on its first AUTH: ids of ended sessions may be reused
+            self._auth_connections += 1
+            number = session.test_connection = self._auth_connections  # type: ignore[attr-defined]
+        self.logins.append(Login(number, user, accepted))
 
     async def handle_RCPT(
         self,
@@ -168,6 +193,7 @@ class Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        self.rcpt_attempts += 1
         if "RCPT" in self.refusals:
             return self.refusals["RCPT"]
         envelope.rcpt_tos.append(address)
@@ -201,7 +227,7 @@ class _Controller(Controller):
         super()._trigger_server()
 
 
-def _authenticator(users: dict[str, str]) -> Callable[..., AuthResult]:
+def _authenticator(users: dict[str, str], handler: Handler) -> Callable[..., AuthResult]:
     def authenticate(
         server: SMTPProtocol, session: Session, envelope: Envelope, mechanism: str, data: Any
     ) -> AuthResult:
@@ -209,6 +235,8 @@ def _authenticator(users: dict[str, str]) -> Callable[..., AuthResult]:
             isinstance(data, LoginPassword)
             and users.get(data.login.decode()) == data.password.decode()
         )
+        login = data.login.decode() if isinstance(data, LoginPassword) else ""
+        handler.login_tried(session, login, ok)
         # handled=False: aiosmtpd then answers 535 itself (True would leave the client waiting).
         return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
 
@@ -231,7 +259,7 @@ class SmtpServer:
         context = certificates.server_context()
         options: dict[str, Any] = {}
         if users:
-            options["authenticator"] = _authenticator(users)
+            options["authenticator"] = _authenticator(users, self.handler)
             options["auth_required"] = auth_required
             # Implicit TLS is TLS too, but aiosmtpd only counts STARTTLS as such.
             options["auth_require_tls"] = mode == "starttls"
@@ -319,6 +347,48 @@ class HangUpServer:
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         self._thread.join(timeout=5)
+
+
+class SilentServer:
+    """Listens on 127.0.0.1, accepts each connection and keeps it open without a word."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server((HOST, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, name="smtp-silent", daemon=True)
+        self._thread.start()
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far (each is held open until stop())."""
+        return len(self._held)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed by stop()
+            self._held.append(conn)
+
+    def url(self) -> str:
+        return f"smtp://{HOST}:{self.port}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # not connected: shutdown only wakes accept()
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.fixture
+def silent_smtp_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

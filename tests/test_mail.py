@@ -425,11 +425,6 @@ def failure(settings: Settings, **kwargs: object) -> MailError:
     return caught.value
 
 
-def test_mail_error_is_permanent_unless_said(tmp_path: Path) -> None:
-    assert MailError("x").transient is False
-    assert MailError("x", transient=True).transient is True
-
-
 def test_transient_failures(
     start_smtp_server: Callable[..., SmtpServer], hang_up_server: HangUpServer, tmp_path: Path
 ) -> None:
