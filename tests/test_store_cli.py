@@ -335,7 +335,8 @@ def test_the_drop_commands_refuse_an_unknown_district(
         assert result.exit_code == 2 and result.stdout == "" and result.stderr == UNKNOWN
     assert not (tmp_path / "home" / "drop" / "nowhere").exists()  # no folder nobody reads
     unsafe = cli("drop", "list", "--district", "../d1")
-    assert unsafe.exit_code == 2 and unsafe.stderr.startswith("error: refusing a district code that is not valid")
+    assert unsafe.exit_code == 2
+    assert unsafe.stderr.startswith("error: refusing a district code that is not valid")
 
 
 def test_drop_put_places_the_file_whole_on_the_sftp_drop_and_list_shows_it(
