@@ -320,14 +320,14 @@ class SmtpServer:
             self.running = False
 
 
-class HangUpServer:
-    """Listens on 127.0.0.1 and closes each connection as soon as it is accepted."""
+class _TcpServer:
+    """Listens on 127.0.0.1 and hands each accepted connection to `_accepted`."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self._listener = socket.create_server((HOST, 0))
         self.port: int = self._listener.getsockname()[1]
         self.connections = 0
-        self._thread = threading.Thread(target=self._serve, name="smtp-hang-up", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
@@ -337,7 +337,10 @@ class HangUpServer:
             except OSError:
                 return  # closed by stop()
             self.connections += 1
-            conn.close()
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def url(self) -> str:
         return f"smtp://{HOST}:{self.port}"
@@ -349,37 +352,28 @@ class HangUpServer:
         self._thread.join(timeout=5)
 
 
-class SilentServer:
-    """Listens on 127.0.0.1, accepts each connection and keeps it open without a word."""
+class HangUpServer(_TcpServer):
+    """Closes each connection as soon as it is accepted, before any greeting."""
 
     def __init__(self) -> None:
-        self._listener = socket.create_server((HOST, 0))
-        self.port: int = self._listener.getsockname()[1]
+        super().__init__("smtp-hang-up")
+
+    def _accepted(self, conn: socket.socket) -> None:
+        conn.close()
+
+
+class SilentServer(_TcpServer):
+    """Accepts each connection and keeps it open without a word, until stop()."""
+
+    def __init__(self) -> None:
         self._held: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, name="smtp-silent", daemon=True)
-        self._thread.start()
+        super().__init__("smtp-silent")
 
-    @property
-    def connections(self) -> int:
-        """Connections accepted so far (each is held open until stop())."""
-        return len(self._held)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return  # closed by stop()
-            self._held.append(conn)
-
-    def url(self) -> str:
-        return f"smtp://{HOST}:{self.port}"
+    def _accepted(self, conn: socket.socket) -> None:
+        self._held.append(conn)
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError):  # not connected: shutdown only wakes accept()
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._thread.join(timeout=5)
+        super().stop()
         for conn in self._held:
             conn.close()
 
