@@ -111,6 +111,20 @@ def safe_step(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def refusing(func: Callable[P, R]) -> Callable[P, R | Refused]:
+    """A refusal (REFUSALS) is returned as Refused, never raised: Prefect would log it with a
+    traceback, and it is the person's answer, not a failure."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Refused:
+        try:
+            return func(*args, **kwargs)
+        except REFUSALS as exc:
+            return Refused(str(exc))
+
+    return wrapper
+
+
 def _url(settings: Settings | None = None) -> str:
     return _ready_database_url(settings or load_settings())
 
@@ -140,6 +154,7 @@ def list_drop(district: str) -> DropListing:
 
 
 @safe_step
+@refusing
 def check_file_request(district: str, name: str) -> Refused | None:
     """Refuse a request for a file of an unknown district, or under a name that is not safe
     to use, before anything is taken from the drop."""
@@ -149,10 +164,7 @@ def check_file_request(district: str, name: str) -> Refused | None:
     except DropRefused as exc:
         return Refused(str(exc))
     with connect(_url(), autocommit=True) as conn:
-        try:
-            store.get_district(conn, district)
-        except store.UnknownDistrict as exc:
-            return Refused(str(exc))
+        store.get_district(conn, district)
     return None
 
 
@@ -200,6 +212,7 @@ def waiting_hold(district: str, sha256: str) -> int | None:
 
 
 @safe_step
+@refusing
 def sync_file(
     district: str,
     fetched: FetchedFile,
@@ -211,44 +224,36 @@ def sync_file(
     its hold, recording the approval with the run that applies it. Refused when the district
     or the approver's grant went away since the flow checked them."""
     settings = load_settings()
-    try:
-        return run_file(
-            _url(settings),
-            district,
-            fetched.data,
-            fetched.name,
-            mode=mode,
-            approve=approved_by is not None,
-            requested_by=requested_by,
-            lock_wait_seconds=settings.lock_wait_seconds,
-            approved_by=approved_by,
-            via=requested_by,
-        )
-    except REFUSALS as exc:
-        return Refused(str(exc))
+    return run_file(
+        _url(settings),
+        district,
+        fetched.data,
+        fetched.name,
+        mode=mode,
+        approve=approved_by is not None,
+        requested_by=requested_by,
+        lock_wait_seconds=settings.lock_wait_seconds,
+        approved_by=approved_by,
+        via=requested_by,
+    )
 
 
 @safe_step
-def held_sync(run_id: int) -> store.HeldRun | Refused:
+@refusing
+def held_sync(run_id: int) -> store.HeldRun:
     """The held run waiting for a decision; refused when there is none (no such run, not
     held, already approved or discarded)."""
     with connect(_url(), autocommit=True) as conn:
-        try:
-            return store.held_run(conn, run_id)
-        except store.NotHeld as exc:
-            return Refused(str(exc))
+        return store.held_run(conn, run_id)
 
 
 @safe_step
-def check_approver(held: store.HeldRun, approved_by: str) -> Refused | None:
+@refusing
+def check_approver(held: store.HeldRun, approved_by: str) -> None:
     """Refuse early, before anything is fetched: only a data manager of the district
     approves or discards. The approval itself is recorded by the sync that applies the file."""
     with connect(_url(), autocommit=True) as conn:
-        try:
-            access.require_manager(conn, held.district, approved_by)
-        except REFUSALS as exc:
-            return Refused(str(exc))
-    return None
+        access.require_manager(conn, held.district, approved_by)
 
 
 def held_file_gone(held: store.HeldRun) -> Refused:
@@ -258,32 +263,28 @@ def held_file_gone(held: store.HeldRun) -> Refused:
 
 
 @safe_step
-def discard_held(run_id: int, discarded_by: str, via: str) -> tuple[store.HeldRun, str] | Refused:
+@refusing
+def discard_held(run_id: int, discarded_by: str, via: str) -> tuple[store.HeldRun, str]:
     """A data manager's decision, recorded (act and resolution in one transaction) before the
     file is removed, and only if it is that file. Returns the run and the manager's email."""
-    try:
-        with connect(_url(), autocommit=True) as conn, conn.transaction():
-            held = store.held_run(conn, run_id)
-            district = store.get_district(conn, held.district)
-            by = access.record_manager_act(
-                conn, held.district, discarded_by, "discard_held_sync", {"run_id": run_id}, via=via
-            )
-            store.discard_holds(conn, district.district_id, by, run_id=run_id)
-            return held, by
-    except REFUSALS as exc:
-        return Refused(str(exc))
+    with connect(_url(), autocommit=True) as conn, conn.transaction():
+        held = store.held_run(conn, run_id)
+        district = store.get_district(conn, held.district)
+        by = access.record_manager_act(
+            conn, held.district, discarded_by, "discard_held_sync", {"run_id": run_id}, via=via
+        )
+        store.discard_holds(conn, district.district_id, by, run_id=run_id)
+        return held, by
 
 
 @safe_step
-def change_teacher_fields(district: str, fields: list[str], changed_by: str) -> list[str] | Refused:
+@refusing
+def change_teacher_fields(district: str, fields: list[str], changed_by: str) -> list[str]:
     """A data manager's change of what teachers see (empty: nothing); the fields now in force.
     Refused for someone who is not a data manager, a name that is not a demographic field, or
     an unknown district."""
     with connect(_url(), autocommit=True) as conn:
-        try:
-            return list(access.set_teacher_fields(conn, district, fields, changed_by).fields)
-        except REFUSALS as exc:
-            return Refused(str(exc))
+        return list(access.set_teacher_fields(conn, district, fields, changed_by).fields)
 
 
 @safe_step
