@@ -44,6 +44,7 @@ from flows.pipeline import (
     process_file,
 )
 from tasks.db import safe_url
+from tasks.errors import DemographicsError
 from tasks.settings import load_settings
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -169,8 +170,10 @@ async def _register(runner: Runner, served: Iterable[RunnerDeployment]) -> None:
         await runner.aadd_deployment(deployment)
 
 
-class ApiUnavailable(Exception):
+class ApiUnavailable(DemographicsError):
     """The Prefect API cannot be reached to register the deployments; safe to print."""
+
+    transient = True
 
 
 def _registered(registering: asyncio.Future[None]) -> None:

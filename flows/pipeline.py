@@ -26,6 +26,7 @@ from prefect.utilities.annotations import quote
 
 from tasks import process
 from tasks.drop import DropFile
+from tasks.errors import is_transient
 from tasks.process import Refused
 from tasks.settings import load_settings
 
@@ -58,7 +59,7 @@ notice_message = task(process.notice_message, name="render-notice-email", **PRIV
 send_message = task(
     process.send_message,
     name="send-email",
-    retry_condition_fn=lambda _task, _run, state: process.transient_mail_failure(
+    retry_condition_fn=lambda _task, _run, state: is_transient(
         state.result(raise_on_failure=False)
     ),
     **PRIVATE,

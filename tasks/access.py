@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from schemas.columns import DEMOGRAPHIC_COLUMNS
 from tasks.db import apply_migration, lock_migrations, migrations, pending
+from tasks.errors import DemographicsError
 from tasks.store import get_district
 
 FIELDS: tuple[str, ...] = DEMOGRAPHIC_COLUMNS  # the 10 fields a district may open to teachers
@@ -46,7 +47,7 @@ ACTS = (
 )
 
 
-class AccessError(Exception):
+class AccessError(DemographicsError):
     """An access command cannot do what was asked; the message is safe to print."""
 
 
@@ -72,6 +73,8 @@ class InvalidPassword(AccessError):
 
 class AccessViewsBusy(AccessError):
     """The view could not be replaced in time: a long query holds it."""
+
+    transient = True
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ import polars as pl
 import psycopg
 from psycopg import errors, sql
 
+from tasks.errors import DemographicsError
+
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 EMBEDDED_DATABASE = "demographics"
 APPLICATION_NAME = "demographics-sync"
@@ -39,8 +41,10 @@ EMBEDDED_TUNING = {
 }
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(DemographicsError):
     """The database cannot be reached or started; the message is safe to print."""
+
+    transient = True
 
 
 def database_url(settings: object | None = None) -> str:
@@ -212,7 +216,7 @@ def migrations(directory: Path = SQL_DIR) -> list[Migration]:
     return found
 
 
-class MigrationChanged(Exception):
+class MigrationChanged(DemographicsError):
     """An applied file was edited: add a new numbered file instead."""
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from schemas.districts import DISTRICT_CODE_RULE, is_district_code
+from tasks.errors import DemographicsError
 from tasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -98,12 +99,14 @@ class FetchedFile:
     sha256: str
 
 
-class DropError(Exception):
+class DropError(DemographicsError):
     """Base of the drop's errors; the message is safe to print (no file contents)."""
 
 
 class DropUnavailable(DropError):
     """Transient: the drop could not be reached or the connection broke; worth retrying later."""
+
+    transient = True
 
 
 class HostKeyRefused(DropError):

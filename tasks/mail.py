@@ -37,6 +37,7 @@ import css_inline
 import jinja2
 
 from schemas.report import ISSUE_COLUMNS, Issue, Report
+from tasks.errors import DemographicsError
 from tasks.render import outcome_sentence, printable, template_environment
 from tasks.settings import Settings
 
@@ -68,17 +69,12 @@ _LEADING_BLANK = re.compile(r"[\s\u200b-\u200d\u2060\ufeff]*")  # spaces, NBSP, 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class MailError(Exception):
+class MailError(DemographicsError):
     """Sending failed; the message is safe to print (no message contents, no password).
 
-    `transient` says whether trying again later may work (the server is down or busy, a 4xx
-    reply) or not before someone changes something (settings, certificates, credentials, a
-    5xx refusal), so that callers retry only the first kind.
+    Transient when the server is down or busy or gave a 4xx reply; not when settings,
+    certificates, credentials or a 5xx refusal must change first.
     """
-
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,9 @@ from typing import Literal, ParamSpec, TypeVar
 import psycopg
 
 from tasks import access, store
-from tasks.db import DatabaseUnavailable, MigrationChanged, connect, describe_error
+from tasks.db import DatabaseUnavailable, connect, describe_error
 from tasks.db import ready_database_url as _ready_database_url
 from tasks.drop import (
-    DropError,
     DropFile,
     DropListing,
     DropRefused,
@@ -40,9 +39,10 @@ from tasks.drop import (
     open_drop,
 )
 from tasks.drop import clean_staging as _clean_staging
-from tasks.mail import Delivery, MailError, build_notice_message, build_results_message
+from tasks.errors import DemographicsError
+from tasks.mail import Delivery, build_notice_message, build_results_message
 from tasks.mail import send_message as _send_message
-from tasks.settings import Settings, SettingsError, load_settings
+from tasks.settings import Settings, load_settings
 from tasks.sync import Mode, SyncOutcome, run_file
 
 log = logging.getLogger(__name__)
@@ -53,23 +53,12 @@ R = TypeVar("R")
 # Outcomes after which the source file has done its job: the result is committed and
 # recorded, and a fixed file comes back under a new upload.
 DELETE_AFTER = frozenset({"succeeded", "rejected"})
-SAFE_ERRORS = (
-    DropError,
-    MailError,
-    DatabaseUnavailable,
-    MigrationChanged,
-    store.UnknownDistrict,
-    store.DistrictBusy,
-    store.NotHeld,
-    access.AccessError,
-    SettingsError,
-)
 # A person asked for something the service will not do: told, not failed. None of these
 # messages names the person refused (they may have typed a student's email).
 REFUSALS = (store.UnknownDistrict, store.NotHeld, access.AccessRefused, access.InvalidField)
 
 
-class StepFailed(Exception):
+class StepFailed(DemographicsError):
     """A step could not finish; the message says why and carries no student value."""
 
 
@@ -95,9 +84,7 @@ def safe_step(func: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except SAFE_ERRORS as exc:
-            raise _clean(exc) from None
-        except StepFailed as exc:
+        except DemographicsError as exc:  # StepFailed among them: the message is safe
             raise _clean(exc) from None
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(
@@ -323,12 +310,6 @@ def notice_message(district: str, notice: Notice) -> EmailMessage:
     return build_notice_message(
         found.code, found.name, notice.subject, notice.lines, recipients, settings.mail_from
     )
-
-
-def transient_mail_failure(exc: BaseException | None) -> bool:
-    """Worth another try: the server was unreachable or said "try later". A bad address,
-    password or certificate fails the same way every time."""
-    return isinstance(exc, MailError) and exc.transient
 
 
 @safe_step

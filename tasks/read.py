@@ -25,6 +25,7 @@ import polars as pl
 
 from schemas.issues import FILE_STOPPING, Code
 from schemas.report import FileInfo, Issue
+from tasks.errors import DemographicsError
 
 DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
 ROW = "__row"
@@ -36,7 +37,7 @@ _REGEX_ESCAPES = {",": ",", ";": ";", "\t": "\\t"}
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-class SourceUnreadable(Exception):
+class SourceUnreadable(DemographicsError):
     """The file could not be opened or read at all (missing, a directory, no permission)."""
 
 

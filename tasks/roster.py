@@ -29,13 +29,14 @@ from schemas.roster import (
     RosterResult,
 )
 from tasks.db import copy_frame
+from tasks.errors import DemographicsError
 from tasks.read import FIELDS, ROW, column_key, read_demographics
 from tasks.store import lock_district
 
 SSID_PATTERN = r"^[0-9]{10}$"
 
 
-class RosterRefused(Exception):
+class RosterRefused(DemographicsError):
     """The roster cannot be loaded for this district; the message is safe to print."""
 
 

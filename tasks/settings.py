@@ -11,10 +11,12 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tasks.errors import DemographicsError
+
 ENV_PREFIX = "DEMOGRAPHICS_"
 
 
-class SettingsError(Exception):
+class SettingsError(DemographicsError):
     """A DEMOGRAPHICS_ variable holds a value its setting cannot take. The message names the
     variable and what it accepts, never the value (it may be a password in a URL)."""
 

@@ -10,14 +10,17 @@ import psycopg
 from psycopg import errors
 
 from schemas.districts import shown_code
+from tasks.errors import DemographicsError
 
 
-class UnknownDistrict(Exception):
+class UnknownDistrict(DemographicsError):
     """No district with that code; the message is safe to print."""
 
 
-class DistrictBusy(Exception):
+class DistrictBusy(DemographicsError):
     """Another sync, undo or roster load of the same district holds its lock."""
+
+    transient = True
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def list_runs(
     return [RunRow(*row) for row in rows]
 
 
-class InvalidSetting(Exception):
+class InvalidSetting(DemographicsError):
     """A district setting out of range; the message is safe to print."""
 
 
@@ -245,7 +248,7 @@ def record_file_deleted(conn: psycopg.Connection, run_ids: list[int]) -> None:
     )
 
 
-class NotHeld(Exception):
+class NotHeld(DemographicsError):
     """The run is not a held sync waiting for a decision; the message is safe to print."""
 
 

@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from schemas.columns import FLAG_COLUMNS
 from tasks import store
 from tasks.db import connect
+from tasks.errors import DemographicsError
 from tasks.match import VALUE_COLUMNS
 
 
-class UndoRefused(Exception):
+class UndoRefused(DemographicsError):
     """The run cannot be undone; the message says why and is safe to print."""
 
 
