@@ -36,6 +36,7 @@ from tasks.drop import (
     FileChanged,
     FileGone,
     HostKeyRefused,
+    SftpDrop,
     check_district,
     check_name,
     clean_staging,
@@ -749,6 +750,56 @@ def test_nothing_in_the_home_ssh_folder_is_used(
     sftp.server.known_hosts.write_text("")  # ~/.ssh/known_hosts pins the key: not consulted
     with pytest.raises(HostKeyRefused):
         drop.list(D)
+
+
+def test_the_ssh_key_is_read_once_per_drop(sftp: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # open_drop reads and checks the key; every connection after it uses that one reading
+    assert sftp.server is not None
+    reads: list[object] = []
+    real = asyncssh.read_private_key
+
+    def counting(*args: Any, **kwargs: Any) -> asyncssh.SSHKey:
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(asyncssh, "read_private_key", counting)
+    sftp.place("a.csv")
+    drop = sftp.drop()
+    for _ in range(3):
+        assert [f.name for f in drop.list(D).ready] == ["a.csv"]
+    assert drop.delete(D, "a.csv", drop.fetch(D, "a.csv")) is True
+    assert reads == [sftp.server.client_key]
+
+
+def test_a_drop_made_without_its_key_reads_it_at_the_first_connection(
+    sftp: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sftp.server is not None
+    opened = sftp.drop()
+    assert isinstance(opened, SftpDrop)
+
+    def made(ssh_key: Path) -> SftpDrop:
+        return SftpDrop(
+            host=opened.host,
+            port=opened.port,
+            username=opened.username,
+            base=opened.base,
+            ssh_key=ssh_key,
+            known_hosts=opened.known_hosts,
+            settings=opened.settings,
+        )
+
+    garbage = sftp.tmp / "garbage_key"
+    garbage.write_text("not a key\n")
+    with pytest.raises(DropMisconfigured, match=f"^the SSH key {re.escape(str(garbage))} cannot"):
+        made(garbage).list(D)
+    assert sftp.server.connections_so_far() == 0
+    reads: list[object] = []
+    real = asyncssh.read_private_key
+    monkeypatch.setattr(asyncssh, "read_private_key", lambda p: reads.append(p) or real(p))
+    drop = made(sftp.server.client_key)
+    assert drop.list(D).ready == drop.list(D).ready == []
+    assert reads == [sftp.server.client_key]
 
 
 # --- stale staging folders ----------------------------------------------------------------
