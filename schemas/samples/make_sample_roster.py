@@ -335,83 +335,87 @@ def csv_text(header: str, rows: list[list[str]], terminator: str = "\n") -> str:
     return header + terminator + out.getvalue()
 
 
-def write_roster(students: list[Student], rnd: random.Random) -> None:
-    ROSTER.mkdir(exist_ok=True)
+def user_row(
+    source_id: str,
+    org: str,
+    role: str,
+    email: str,
+    name: tuple[str, str, str],
+    identifier: str,
+    grade: str = "",
+) -> list[str]:
+    """One users.csv row: the email is both username and email; `name` is (given, family,
+    middle)."""
+    given, family, middle = name
+    return [
+        source_id,
+        "",
+        "",
+        "true",
+        org,
+        role,
+        email,
+        "",
+        given,
+        family,
+        middle,
+        identifier,
+        email,
+        "",
+        "",
+        "",
+        grade,
+        "",
+    ]
+
+
+def teacher_id(number: int) -> str:
+    return f"tch-{number:02d}"
+
+
+def user_rows(students: list[Student]) -> list[list[str]]:
+    """Teachers, then administrators, then students."""
     users = []
-    teacher_ids = []
     for number, (given, family, school) in enumerate(TEACHERS, start=1):
         email = f"{local_part(given, family)}@{STAFF_DOMAIN}"
-        teacher_ids.append(f"tch-{number:02d}")
         users.append(
-            [
-                teacher_ids[-1],
-                "",
-                "",
-                "true",
+            user_row(
+                teacher_id(number),
                 school,
                 "teacher",
                 email,
-                "",
-                given,
-                family,
-                "",
+                (given, family, ""),
                 f"T{1000 + number}",
-                email,
-                "",
-                "",
-                "",
-                "",
-                "",
-            ]
+            )
         )
     for number, (given, family, org) in enumerate(ADMINS, start=1):
         email = f"{local_part(given, family)}@{STAFF_DOMAIN}"
         users.append(
-            [
+            user_row(
                 f"adm-{number:02d}",
-                "",
-                "",
-                "true",
                 org,
                 "administrator",
                 email,
-                "",
-                given,
-                family,
-                "",
+                (given, family, ""),
                 f"A{1000 + number}",
-                email,
-                "",
-                "",
-                "",
-                "",
-                "",
-            ]
+            )
         )
     for s in students:
         users.append(
-            [
+            user_row(
                 s.source_id,
-                "",
-                "",
-                "true",
                 school_of(s.grade),
                 "student",
                 s.email,
-                "",
-                s.given,
-                s.family,
-                s.middle,
+                (s.given, s.family, s.middle),
                 s.ssid,
-                s.email,
-                "",
-                "",
-                "",
                 s.grade,
-                "",
-            ]
+            )
         )
+    return users
 
+
+def class_rows() -> list[list[str]]:
     classes = []
     for number, (title, grades, course, code, room, subject, period, _) in enumerate(
         CLASSES, start=1
@@ -435,7 +439,14 @@ def write_roster(students: list[Student], rnd: random.Random) -> None:
                 period,
             ]
         )
+    return classes
 
+
+def class_members(students: list[Student], rnd: random.Random) -> dict[int, list[str]]:
+    """Each student's sourcedId in their grade's core class and 0-2 electives, by class index.
+
+    Draws from `rnd` student by student, in order: the demographics rows drawn after depend on
+    it."""
     members: dict[int, list[str]] = {i: [] for i in range(len(CLASSES))}
     for s in students:
         core = next(i for i, c in enumerate(CLASSES) if c[1] == s.grade)
@@ -443,10 +454,15 @@ def write_roster(students: list[Student], rnd: random.Random) -> None:
         extra = rnd.choices([0, 1, 2], weights=[25, 45, 30])[0]
         for index in sorted([core, *rnd.sample(electives, extra)]):
             members[index].append(s.source_id)
+    return members
+
+
+def enrollment_rows(members: dict[int, list[str]]) -> list[list[str]]:
+    """Class by class: its teacher first, then its students."""
     enrollments = []
     for index, (_, grades, *_, teacher) in enumerate(CLASSES):
         class_id, school = f"cls-{index + 1:02d}", school_of(grades[:2])
-        for user, role in [(teacher_ids[teacher], "teacher")] + [
+        for user, role in [(teacher_id(teacher + 1), "teacher")] + [
             (m, "student") for m in members[index]
         ]:
             enrollments.append(
@@ -463,7 +479,14 @@ def write_roster(students: list[Student], rnd: random.Random) -> None:
                     END,
                 ]
             )
+    return enrollments
 
+
+def write_roster(students: list[Student], rnd: random.Random) -> None:
+    ROSTER.mkdir(exist_ok=True)
+    users = user_rows(students)
+    classes = class_rows()
+    enrollments = enrollment_rows(class_members(students, rnd))
     for name, header, rows in [
         ("orgs.csv", ORGS_HEADER, ORGS),
         ("users.csv", USERS_HEADER, users),
