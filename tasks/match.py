@@ -17,12 +17,13 @@ Rules (csv-contract.md, Matching and Duplicates):
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 import psycopg
 from psycopg import sql
 
+from schemas.cells import SSID_PATTERN
 from schemas.columns import DEMOGRAPHIC_COLUMNS, FLAG_COLUMNS
 from schemas.issues import Code, Severity
 from schemas.report import ISSUE_SCHEMA
@@ -93,21 +94,100 @@ class Matched:
         return self.matched - self.updated
 
 
+# Per file row, in the frame `_match_rows` builds: the SSID the row gives, and whether the
+# roster has exactly one active student with it.
+_SSID_USED = pl.col("_ssid").is_not_null()
+_FOUND_BY_SSID = pl.col("_ssid_pos").is_not_null()
+
+
 def match_file(
     normalized: pl.DataFrame, report_issues: pl.DataFrame, students: pl.DataFrame
 ) -> Matched:
     """Match every complete row, judge duplicates per student, and diff the rows to apply.
 
-    Matching works on narrow key frames and the diff one column at a time: a million-row file
-    has ten string columns, and every whole-frame join or filter would copy all of them.
+    Pure: `students` is the roster as `parse_students` gives it, read beforehand. Matching
+    works on narrow key frames and the diff one column at a time: a million-row file has ten
+    string columns, and every whole-frame join or filter would copy all of them.
     """
     columns = [c for c in VALUE_COLUMNS if c in normalized.columns]
+    keys = _match_rows(normalized, report_issues, students)
+    # Duplicates are judged on the student each row matched, over the values it would apply.
+    matched_mask = keys.select(pl.col("_pos").is_not_null() & ~pl.col("_conflict")).to_series()
+    duplicate_issues, later_copies = _duplicates(normalized, keys, matched_mask, columns)
+    issues = pl.concat([pl.DataFrame(schema=ISSUE_SCHEMA), *_match_issues(keys), duplicate_issues])
+
+    errors = pl.concat(
+        [
+            report_issues.filter(pl.col("severity") == Severity.ERROR.value)["row"],
+            issues.filter(pl.col("severity") == Severity.ERROR.value)["row"],
+        ]
+    ).drop_nulls()
+    apply_mask = (
+        matched_mask
+        & ~keys[ROW].is_in(errors.cast(pl.UInt32).implode())
+        & ~keys[ROW].is_in(later_copies.implode())
+    )
+    diffed = _diff(normalized, keys["_pos"], apply_mask, students, columns)
+    return replace(diffed, issues=issues, unmatched=int(keys["_unmatched"].sum()))
+
+
+def _match_rows(
+    normalized: pl.DataFrame, report_issues: pl.DataFrame, students: pl.DataFrame
+) -> pl.DataFrame:
+    """Which student each file row matches: per row (`ROW`), the student's position in
+    `students` (`_pos`, null if none) and the flags `_conflict`, `_mismatch`, `_unmatched`.
+
+    An SSID or email with an error in the report is not used to match."""
+    keys = _file_keys(normalized, report_issues)
+    roster = students.select(
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pos"),
+        pl.when(pl.col("ssid").str.contains(SSID_PATTERN))
+        .then(pl.col("ssid").cast(pl.UInt64, strict=False))
+        .alias("_ssid_key"),
+        pl.col("email").alias("_stored_email"),
+    )
+    by_ssid = roster.drop_nulls("_ssid_key").unique("_ssid_key", keep="none")
+    keys = keys.join(
+        by_ssid.rename({"_pos": "_ssid_pos"}), on="_ssid_key", how="left", maintain_order="left"
+    )
+    email_differs = pl.col("_email_ok") & (
+        pl.col("_email").str.to_lowercase() != pl.col("_stored_email").str.to_lowercase()
+    ).fill_null(True)
+    # Only rows matched by email, rows whose email differs from the SSID's student, and rows
+    # whose SSID is unknown (for the message) need the email index: usually a handful, so it
+    # is built for those alone.
+    keys = keys.with_columns(
+        (
+            (~_SSID_USED & pl.col("_email_ok"))
+            | (_FOUND_BY_SSID & email_differs)
+            | (pl.col("_ssid_key").is_not_null() & ~_FOUND_BY_SSID & pl.col("_email_ok"))
+        ).alias("_need")
+    )
+    keys = _by_email(keys, roster)
+    by_one_email = ~_SSID_USED & pl.col("_email_ok") & (pl.col("_email_count") == 1)
+    return keys.with_columns(
+        pl.when(_FOUND_BY_SSID)
+        .then(pl.col("_ssid_pos"))
+        .when(by_one_email)
+        .then(pl.col("_email_pos"))
+        .alias("_pos"),
+        (_FOUND_BY_SSID & pl.col("_need") & (pl.col("_email_count") > 0)).alias("_conflict"),
+        (_FOUND_BY_SSID & pl.col("_need") & (pl.col("_email_count") == 0)).alias("_mismatch"),
+        (
+            (_SSID_USED & pl.col("_ssid_key").is_not_null() & ~_FOUND_BY_SSID)
+            | (~_SSID_USED & pl.col("_email_ok") & (pl.col("_email_count") != 1))
+        ).alias("_unmatched"),
+    )
+
+
+def _file_keys(normalized: pl.DataFrame, report_issues: pl.DataFrame) -> pl.DataFrame:
+    """The file's identifiers per row, and which of them may be used to match."""
     bad = report_issues.filter(pl.col("severity") == Severity.ERROR.value)
     bad_ssid = bad.filter(pl.col("column") == "SSID")["row"].cast(pl.UInt32)
     bad_email = bad.filter(pl.col("column") == "email")["row"].cast(pl.UInt32)
     has_ssid = "SSID" in normalized.columns
     has_email = "email" in normalized.columns
-    keys = normalized.select(
+    return normalized.select(
         ROW,
         (pl.col("SSID") if has_ssid else pl.lit(None, dtype=pl.String)).alias("_ssid"),
         (pl.col("email") if has_email else pl.lit(None, dtype=pl.String)).alias("_email"),
@@ -120,32 +200,10 @@ def match_file(
         ),
     )
 
-    roster = students.select(
-        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pos"),
-        pl.when(pl.col("ssid").str.contains(r"^[0-9]{10}$"))
-        .then(pl.col("ssid").cast(pl.UInt64, strict=False))
-        .alias("_ssid_key"),
-        pl.col("email").alias("_stored_email"),
-    )
-    by_ssid = roster.drop_nulls("_ssid_key").unique("_ssid_key", keep="none")
-    keys = keys.join(
-        by_ssid.rename({"_pos": "_ssid_pos"}), on="_ssid_key", how="left", maintain_order="left"
-    )
-    ssid_used = pl.col("_ssid").is_not_null()
-    found_by_ssid = pl.col("_ssid_pos").is_not_null()
-    email_differs = pl.col("_email_ok") & (
-        pl.col("_email").str.to_lowercase() != pl.col("_stored_email").str.to_lowercase()
-    ).fill_null(True)
-    # Only rows matched by email, rows whose email differs from the SSID's student, and rows
-    # whose SSID is unknown (for the message) need the email index: usually a handful, so it
-    # is built for those alone.
-    keys = keys.with_columns(
-        (
-            (~ssid_used & pl.col("_email_ok"))
-            | (found_by_ssid & email_differs)
-            | (pl.col("_ssid_key").is_not_null() & ~found_by_ssid & pl.col("_email_ok"))
-        ).alias("_need")
-    )
+
+def _by_email(keys: pl.DataFrame, roster: pl.DataFrame) -> pl.DataFrame:
+    """For the rows that `_need` it: the first student with the row's email (ignoring case)
+    and how many have it (`_email_pos`, `_email_count`, 0 for none)."""
     wanted = keys.filter("_need").select(ROW, pl.col("_email").str.to_lowercase().alias("_key"))
     if wanted.height:
         by_email = (
@@ -160,27 +218,43 @@ def match_file(
             pl.lit(None, dtype=pl.UInt32).alias("_email_pos"),
             pl.lit(None, dtype=pl.UInt32).alias("_email_count"),
         )
-    keys = keys.join(
+    return keys.join(
         wanted.select(ROW, "_email_pos", "_email_count"), on=ROW, how="left", maintain_order="left"
     ).with_columns(pl.col("_email_count").fill_null(0))
-    conflict = found_by_ssid & pl.col("_need") & (pl.col("_email_count") > 0)
-    mismatch = found_by_ssid & pl.col("_need") & (pl.col("_email_count") == 0)
-    unmatched = (ssid_used & pl.col("_ssid_key").is_not_null() & ~found_by_ssid) | (
-        ~ssid_used & pl.col("_email_ok") & (pl.col("_email_count") != 1)
-    )
-    keys = keys.with_columns(
-        pl.when(found_by_ssid)
-        .then(pl.col("_ssid_pos"))
-        .when(~ssid_used & pl.col("_email_ok") & (pl.col("_email_count") == 1))
-        .then(pl.col("_email_pos"))
-        .alias("_pos"),
-        conflict.alias("_conflict"),
-        mismatch.alias("_mismatch"),
-        unmatched.alias("_unmatched"),
-    )
 
-    found: list[pl.DataFrame] = [pl.DataFrame(schema=ISSUE_SCHEMA)]
-    found.append(
+
+_NO_MATCH_MESSAGE = (
+    pl.when(_SSID_USED & (pl.col("_email_count") > 0))
+    .then(
+        pl.lit(
+            "no active student of the district has this SSID (the email belongs to a "
+            "student with a different SSID on record: check the SSID); the row is "
+            "skipped"
+        )
+    )
+    .when(_SSID_USED)
+    .then(
+        pl.lit(
+            "no active student of the district has this SSID; the row is skipped (a "
+            "student new to the district can be matched once a roster that includes "
+            "them is loaded; then upload their rows again in a new file)"
+        )
+    )
+    .when(pl.col("_email_count") > 1)
+    .then(
+        pl.format(
+            "{} active students share this email, so it cannot tell which one is meant; "
+            "add the SSID; the row is skipped",
+            pl.col("_email_count"),
+        )
+    )
+    .otherwise(pl.lit("no active student of the district has this email; the row is skipped"))
+)
+
+
+def _match_issues(keys: pl.DataFrame) -> list[pl.DataFrame]:
+    """The matching issues of the rows `_match_rows` flagged, one frame per code."""
+    return [
         issue_rows(
             keys.filter("_conflict"),
             Code.IDENTIFIER_CONFLICT,
@@ -189,9 +263,7 @@ def match_file(
                 "right, correct the other, and upload the row again"
             ),
             value=pl.col("_email"),
-        )
-    )
-    found.append(
+        ),
         issue_rows(
             keys.filter("_mismatch"),
             Code.EMAIL_MISMATCH,
@@ -200,65 +272,14 @@ def match_file(
                 "row is applied by SSID and the email on record is not changed"
             ),
             value=pl.col("_email"),
-        )
-    )
-    no_match = keys.filter("_unmatched")
-    found.append(
+        ),
         issue_rows(
-            no_match,
+            keys.filter("_unmatched"),
             Code.NO_MATCHING_STUDENT,
-            pl.when(ssid_used & (pl.col("_email_count") > 0))
-            .then(
-                pl.lit(
-                    "no active student of the district has this SSID (the email belongs to a "
-                    "student with a different SSID on record: check the SSID); the row is "
-                    "skipped"
-                )
-            )
-            .when(ssid_used)
-            .then(
-                pl.lit(
-                    "no active student of the district has this SSID; the row is skipped (a "
-                    "student new to the district can be matched once a roster that includes "
-                    "them is loaded; then upload their rows again in a new file)"
-                )
-            )
-            .when(pl.col("_email_count") > 1)
-            .then(
-                pl.format(
-                    "{} active students share this email, so it cannot tell which one is meant; "
-                    "add the SSID; the row is skipped",
-                    pl.col("_email_count"),
-                )
-            )
-            .otherwise(
-                pl.lit("no active student of the district has this email; the row is skipped")
-            ),
-            value=pl.when(ssid_used).then(pl.col("_ssid")).otherwise(pl.col("_email")),
-        )
-    )
-
-    # Duplicates are judged on the student each row matched, over the values it would apply.
-    matched_mask = keys.select(pl.col("_pos").is_not_null() & ~pl.col("_conflict")).to_series()
-    duplicate_issues, later_copies = _duplicates(normalized, keys, matched_mask, columns)
-    found.append(duplicate_issues)
-    issues = pl.concat(found)
-
-    errors = pl.concat(
-        [
-            report_issues.filter(pl.col("severity") == Severity.ERROR.value)["row"],
-            issues.filter(pl.col("severity") == Severity.ERROR.value)["row"],
-        ]
-    ).drop_nulls()
-    apply_mask = (
-        matched_mask
-        & ~keys[ROW].is_in(errors.cast(pl.UInt32).implode())
-        & ~keys[ROW].is_in(later_copies.implode())
-    )
-    result = _diff(normalized, keys["_pos"], apply_mask, students, columns)
-    result.issues = issues
-    result.unmatched = no_match.height
-    return result
+            _NO_MATCH_MESSAGE,
+            value=pl.when(_SSID_USED).then(pl.col("_ssid")).otherwise(pl.col("_email")),
+        ),
+    ]
 
 
 def _duplicates(
@@ -296,7 +317,8 @@ def _diff(
     """Compare the rows to apply with the stored values, one column at a time.
 
     `positions` gives, per file row, the matched student's row in `students`. Only values that
-    differ are written; an empty cell never changes anything.
+    differ are written; an empty cell never changes anything. The issues and the unmatched
+    count are the caller's to fill in.
     """
     on_record = int(
         students.select(
@@ -317,19 +339,47 @@ def _diff(
         changes = changes | mask
         overwrites = overwrites | (mask & old.is_not_null())
     changing = changes.arg_true()
-    rows_changing, pos_changing = rows.gather(changing), pos.gather(changing)
+    delta, history = _delta_and_history(
+        normalized,
+        students,
+        rows.gather(changing),
+        pos.gather(changing),
+        {c: mask.gather(changing) for c, mask in changed.items()},
+    )
+    return Matched(
+        issues=pl.DataFrame(schema=ISSUE_SCHEMA),
+        matched=len(rows),
+        unmatched=0,
+        updated=len(changing),
+        overwriting=int(overwrites.sum()),
+        on_record=on_record,
+        values_changed=history.height,
+        delta=delta,
+        history=history,
+    )
+
+
+def _delta_and_history(
+    normalized: pl.DataFrame,
+    students: pl.DataFrame,
+    rows: pl.Series,
+    pos: pl.Series,
+    changed: dict[str, pl.Series],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The final values of the students that change (file `rows`, students at `pos`) and one
+    history row per changed value; `changed` holds, per file column, which of them change."""
     delta_columns = {
-        STUDENT_ID: students[STUDENT_ID].gather(pos_changing),
-        "has_row": students["has_row"].gather(pos_changing),
+        STUDENT_ID: students[STUDENT_ID].gather(pos),
+        "has_row": students["has_row"].gather(pos),
     }
     history: list[pl.DataFrame] = [pl.DataFrame(schema=_HISTORY_SCHEMA)]
     for c in VALUE_COLUMNS:
-        old = students[f"old_{c}"].gather(pos_changing)
-        if c not in columns:
+        old = students[f"old_{c}"].gather(pos)
+        if c not in changed:
             delta_columns[c] = old
             continue
-        new = normalized[c].gather(rows_changing)
-        mask = changed[c].gather(changing)
+        new = normalized[c].gather(rows)
+        mask = changed[c]
         delta_columns[c] = new.zip_with(mask, old)
         history.append(
             pl.DataFrame(
@@ -342,15 +392,4 @@ def _diff(
                 schema=_HISTORY_SCHEMA,
             )
         )
-    history_frame = pl.concat(history)
-    return Matched(
-        issues=pl.DataFrame(schema=ISSUE_SCHEMA),
-        matched=len(rows),
-        unmatched=0,
-        updated=len(changing),
-        overwriting=int(overwrites.sum()),
-        on_record=on_record,
-        values_changed=history_frame.height,
-        delta=pl.DataFrame(delta_columns),
-        history=history_frame,
-    )
+    return pl.DataFrame(delta_columns), pl.concat(history)

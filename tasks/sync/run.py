@@ -1,4 +1,4 @@
-"""Preview or sync one demographics file for one district: the write path as one unit.
+"""Preview or sync one file: read under the district's lock, decide, then carry it out.
 
 Everything a sync decides (matching, duplicates, safeguards) and writes (values, history, the
 run record) happens in one transaction under the district's lock, so two syncs of a district
@@ -9,24 +9,22 @@ steps in a read-only transaction and writes nothing, not even a run record.
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Literal
 
 import polars as pl
 import psycopg
 
 from schemas.issues import Code
-from schemas.report import ISSUE_SCHEMA, Report, SyncBlock
+from schemas.report import ISSUE_SCHEMA, Report
 from tasks import access, store
 from tasks.apply import apply_changes
 from tasks.db import connect, describe_error
 from tasks.match import Matched, copy_students, match_file, parse_students
+from tasks.sync.decision import Decision, Mode, decide, sync_block
 from tasks.validate import Validation, validate_bytes, with_issues
-
-Mode = Literal["preview", "sync"]
 
 
 @dataclass
@@ -66,10 +64,6 @@ def _file_issue(code: Code, message: str) -> pl.DataFrame:
         ],
         schema=ISSUE_SCHEMA,
     )
-
-
-def _percent(share: float) -> str:
-    return f"{share * 100:.1f}".rstrip("0").rstrip(".") + " %"
 
 
 def run_file(
@@ -142,22 +136,6 @@ class _Failure(Exception):
     """Applying failed; the transaction was rolled back."""
 
 
-def _with_block(
-    report: Report, status: str, matched: Matched | None = None, updated: int = 0
-) -> Report:
-    """The report with its `sync` block: `updated` students change (or would, for a preview
-    or a hold); the rest of the matched students are unchanged. The run id comes later."""
-    block = SyncBlock(
-        run_id=None,
-        status=status,  # type: ignore[arg-type]
-        matched=0 if matched is None else matched.matched,
-        updated=updated,
-        unchanged=0 if matched is None or status == "rejected" else matched.matched - updated,
-        unmatched=0 if matched is None else matched.unmatched,
-    )
-    return replace(report, sync=block)
-
-
 def _decide_and_apply(
     conn: psycopg.Connection,
     district: store.District,
@@ -169,6 +147,7 @@ def _decide_and_apply(
     lock_wait_seconds: float,
     approval: tuple[str | None, str | None] = (None, None),
 ) -> SyncOutcome:
+    """Read what the decision needs under the district's lock, decide, then carry it out."""
     with conn.transaction(), conn.cursor() as cur:
         if mode == "preview":
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -181,143 +160,84 @@ def _decide_and_apply(
             validation = validate()
             students = parse_students(fetching.result())
         report = validation.report
-        if report.stopped or validation.normalized is None:
-            outcome = SyncOutcome(
-                _with_block(report, "preview" if mode == "preview" else "rejected"),
-                "the file has a file-level error and was not applied; fix it and upload it again",
-            )
-            if mode == "sync":
-                outcome.run_id = _record(cur, district, outcome, started_at, requested_by, None)
-                outcome.report = _set_run_id(outcome.report, outcome.run_id)
-            return outcome
-        normalized = validation.normalized
-        sha = report.file.sha256
-        matched = match_file(normalized, report.issues, students)
-        report = with_issues(report, [matched.issues])
-        summary = report.summary
-        extra: list[pl.DataFrame] = []
+        matched: Matched | None = None
+        same_as: int | None = None
+        if not report.stopped and validation.normalized is not None:
+            matched = match_file(validation.normalized, report.issues, students)
+            report = with_issues(report, [matched.issues])
+            same_as = _applied_before(cur, district.district_id, report.file.sha256)
 
-        same_as = _applied_before(cur, district.district_id, sha)
-        if same_as is not None:
-            said = "would change" if mode == "preview" else "was changed"
-            outcome = SyncOutcome(
-                _with_block(report, "preview" if mode == "preview" else "succeeded", matched),
-                f"this file (same SHA-256) was already applied by run {same_as}; nothing {said}",
-                same_as_run_id=same_as,
-            )
-            if mode == "preview":
-                return outcome
-            outcome.run_id = _record(cur, district, outcome, started_at, requested_by, matched)
-            outcome.report = _set_run_id(outcome.report, outcome.run_id)
-            return outcome
-
-        share = summary.error_rows / summary.rows if summary.rows else 0.0
-        if share > district.error_limit:
-            extra.append(
-                _file_issue(
-                    Code.TOO_MANY_ERRORS,
-                    f"{summary.error_rows} of {summary.rows} rows ({_percent(share)}) have "
-                    f"errors, more than the district's limit of {_percent(district.error_limit)}"
-                    "; the file is rejected whole and nothing was applied. Fix the errors "
-                    "listed and upload it again",
-                )
-            )
-            report = with_issues(report, extra)
-            status = "preview" if mode == "preview" else "rejected"
-            outcome = SyncOutcome(
-                _with_block(report, status, matched),
-                "the file was rejected: too many rows have errors; nothing was applied",
-            )
-            if mode == "sync":
-                outcome.run_id = _record(cur, district, outcome, started_at, requested_by, matched)
-                outcome.report = _set_run_id(outcome.report, outcome.run_id)
-            return outcome
-
-        hold_share = matched.overwriting / matched.on_record if matched.on_record else 0.0
-        held_runs: list[int] = []
-        if hold_share > district.hold_limit:
-            held_runs = [] if mode == "preview" else _held_runs(cur, district.district_id, sha)
-            if not (approve and held_runs):
-                hint = (
-                    " (--approve applies only to a file that was held before; this is the "
-                    "first time this file is held)"
-                    if approve and mode == "sync"
-                    else ""
-                )
-                extra.append(
-                    _file_issue(
-                        Code.SYNC_HELD,
-                        f"the file would change values on record for {matched.overwriting} of "
-                        f"the {matched.on_record} students with values on record "
-                        f"({_percent(hold_share)}), more than the district's hold limit of "
-                        f"{_percent(district.hold_limit)}; nothing was applied. A data "
-                        "manager reviews this report, then approves the same file (demographics "
-                        "sync FILE --district CODE --approve --as EMAIL, or the "
-                        "approve-held-sync deployment) or discards it" + hint,
-                    )
-                )
-                report = with_issues(report, extra)
-                status = "preview" if mode == "preview" else "held"
-                outcome = SyncOutcome(
-                    _with_block(report, status, matched, matched.updated),
-                    "the sync is held for approval: it would change too many values on record",
-                    values_changed=matched.values_changed,
-                )
-                if mode == "sync":
-                    outcome.run_id = _record(
-                        cur, district, outcome, started_at, requested_by, matched
-                    )
-                    outcome.report = _set_run_id(outcome.report, outcome.run_id)
-                return outcome
-
-        if mode == "preview":
-            return SyncOutcome(
-                _with_block(report, "preview", matched, matched.updated),
-                f"preview: a sync would change {matched.values_changed} values for "
-                f"{matched.updated} students; nothing was written",
-                values_changed=matched.values_changed,
+        def judge(held_runs: Sequence[int] = ()) -> Decision:
+            return decide(
+                report,
+                matched,
+                error_limit=district.error_limit,
+                hold_limit=district.hold_limit,
+                mode=mode,
+                approve=approve,
+                same_as=same_as,
+                held_runs=held_runs,
             )
 
-        if held_runs:
-            approved_by, via = approval
-            assert approved_by is not None
-            requested_by = access.record_manager_act(
-                conn,
-                district.code,
-                approved_by,
-                "approve_held_sync",
-                {"run_id": held_runs[0]},
-                via=via,
-            )
-        outcome = SyncOutcome(
-            _with_block(report, "succeeded", matched, matched.updated),
-            f"applied: {matched.values_changed} values changed for {matched.updated} students"
-            + (f" (approving held run {held_runs[0]})" if held_runs else ""),
-            values_changed=matched.values_changed,
+        decision = judge()
+        if decision.verdict == "hold" and not decision.preview:
+            decision = judge(_held_runs(cur, district.district_id, report.file.sha256))
+        return _carry_out(
+            conn, cur, district, report, matched, decision, started_at, requested_by, approval
         )
-        run_id = _record(
-            cur,
-            district,
-            outcome,
-            started_at,
-            requested_by,
-            matched,
-            approves_run_id=held_runs[0] if held_runs else None,
+
+
+def _carry_out(
+    conn: psycopg.Connection,
+    cur: psycopg.Cursor,
+    district: store.District,
+    report: Report,
+    matched: Matched | None,
+    decision: Decision,
+    started_at: datetime,
+    requested_by: str,
+    approval: tuple[str | None, str | None],
+) -> SyncOutcome:
+    """The one tail: the outcome a person is told, and unless previewing, the run recorded
+    (and for an applied file, its changes and any approval) in the caller's transaction."""
+    if decision.issue is not None:
+        report = with_issues(report, [_file_issue(*decision.issue)])
+    outcome = SyncOutcome(
+        replace(report, sync=decision.block),
+        decision.message,
+        same_as_run_id=decision.same_as_run_id,
+        values_changed=decision.values_changed,
+    )
+    if decision.preview:
+        return outcome
+    if decision.held_runs:
+        approved_by, via = approval
+        assert approved_by is not None
+        requested_by = access.record_manager_act(
+            conn,
+            district.code,
+            approved_by,
+            "approve_held_sync",
+            {"run_id": decision.held_runs[0]},
+            via=via,
         )
+    run_id = _record(cur, district, outcome, started_at, requested_by, decision.approves_run_id)
+    if decision.verdict == "apply":
+        assert matched is not None
         try:
             apply_changes(cur, run_id, matched.delta, matched.history)
         except psycopg.Error as exc:
             raise _Failure() from exc
-        if held_runs:
+        if decision.held_runs:
             cur.execute(
                 """UPDATE core.sync_runs SET resolution = 'approved', resolved_by = %s,
                           resolved_at = now()
                    WHERE run_id = ANY(%s)""",
-                (requested_by, held_runs),
+                (requested_by, list(decision.held_runs)),
             )
-        outcome.run_id = run_id
-        outcome.report = _set_run_id(outcome.report, run_id)
-        return outcome
+    outcome.run_id = run_id
+    outcome.report = _set_run_id(outcome.report, run_id)
+    return outcome
 
 
 def _set_run_id(report: Report, run_id: int | None) -> Report:
@@ -350,11 +270,7 @@ def _held_runs(cur: psycopg.Cursor, district_id: int, sha: str) -> list[int]:
 
 
 def _run_values(
-    district: store.District,
-    outcome: SyncOutcome,
-    started_at: datetime,
-    requested_by: str,
-    matched: Matched | None,
+    district: store.District, outcome: SyncOutcome, started_at: datetime, requested_by: str
 ) -> dict[str, object]:
     report = outcome.report
     block = report.sync
@@ -390,10 +306,9 @@ def _record(
     outcome: SyncOutcome,
     started_at: datetime,
     requested_by: str,
-    matched: Matched | None,
     approves_run_id: int | None = None,
 ) -> int:
-    values = _run_values(district, outcome, started_at, requested_by, matched)
+    values = _run_values(district, outcome, started_at, requested_by)
     if approves_run_id is not None:
         values["approves_run_id"] = approves_run_id
     return store.insert_run(cur, **values)
@@ -407,7 +322,7 @@ def _record_alone(
     requested_by: str,
 ) -> int:
     with conn.transaction(), conn.cursor() as cur:
-        return _record(cur, district, outcome, started_at, requested_by, None)
+        return _record(cur, district, outcome, started_at, requested_by)
 
 
 # SQLSTATEs of a server that is shutting down or restarting: the session is gone with it.
@@ -435,7 +350,7 @@ def _failed(
 ) -> SyncOutcome:
     """The transaction rolled back; record the failure on a fresh connection if possible."""
     outcome = SyncOutcome(
-        _with_block(report, "failed"),
+        replace(report, sync=sync_block("failed")),
         f"the sync failed and nothing was applied ({failure_reason(cause)}); the file can be "
         "synced again",
     )

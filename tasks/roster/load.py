@@ -1,0 +1,314 @@
+"""Load a checked roster snapshot as the district's roster, in one transaction.
+
+A snapshot replaces what the district had: records in it are added or updated, records gone
+from it become inactive (never deleted: their history stays), and `status=tobedeleted` also
+means inactive.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import psycopg
+
+from schemas.roster import STAFF_ROLES, RosterCounts, RosterResult
+from tasks.db import copy_frame
+from tasks.errors import DemographicsError
+from tasks.roster.read import RosterSnapshot
+from tasks.roster.rules import is_active
+from tasks.store import lock_district
+
+ENTITIES = ("schools", "students", "staff", "classes", "enrollments")
+_ORG_TYPE = pl.col("type").str.to_lowercase()
+
+
+class RosterRefused(DemographicsError):
+    """The roster cannot be loaded for this district; the message is safe to print."""
+
+
+def load_roster(
+    conn: psycopg.Connection,
+    district_code: str,
+    snapshot: RosterSnapshot,
+    lock_wait_seconds: float = 60.0,
+) -> RosterResult:
+    """Load a checked snapshot as the district's roster, in one transaction."""
+    counts = {name: RosterCounts() for name in ENTITIES}
+    if snapshot.errors:
+        return RosterResult(district_code, snapshot.issues, counts, loaded=False)
+    tables = _tables(snapshot)
+    district_row = snapshot.frames["orgs.csv"].filter(_ORG_TYPE == "district")
+    sourced_id, name = district_row["sourcedId"][0], district_row["name"][0]
+    with conn.transaction(), conn.cursor() as cur:
+        district_id = _district_id(cur, district_code, sourced_id, name)
+        lock_district(cur, district_id, district_code, lock_wait_seconds)
+        cur.execute(
+            "UPDATE core.districts SET name = %s, active = true, roster_loaded_at = now() "
+            "WHERE district_id = %s",
+            (name, district_id),
+        )
+        cur.execute(_TEMP_TABLES)
+        for table, frame in tables.items():
+            copy_frame(cur, f"r_{table}", frame)
+        for entity in ENTITIES:
+            counts[entity] = _load_entity(cur, district_id, entity)
+    return RosterResult(district_code, snapshot.issues, counts, loaded=True)
+
+
+def _district_id(cur: psycopg.Cursor, district_code: str, sourced_id: str, name: str) -> int:
+    """The district's id, created with its settings on its first roster; a roster of another
+    district (its district org has another sourcedId) is refused."""
+    row = cur.execute(
+        "SELECT district_id, sourced_id FROM core.districts WHERE code = %s",
+        (district_code,),
+    ).fetchone()
+    if row is None:
+        row = cur.execute(
+            """INSERT INTO core.districts (code, sourced_id, name) VALUES (%s, %s, %s)
+               RETURNING district_id, sourced_id""",
+            (district_code, sourced_id, name),
+        ).fetchone()
+        assert row is not None
+        cur.execute("INSERT INTO core.district_settings (district_id) VALUES (%s)", (row[0],))
+    district_id, known_source = row
+    if known_source != sourced_id:
+        raise RosterRefused(
+            f"district {district_code} was loaded from a roster whose district org has "
+            "another sourcedId; this roster belongs to a different district, so nothing "
+            "was loaded"
+        )
+    return int(district_id)
+
+
+def _load_entity(cur: psycopg.Cursor, district_id: int, entity: str) -> RosterCounts:
+    """Upsert one kind of record from its temporary table; what is gone becomes inactive."""
+    counts = RosterCounts()
+    target = _TABLE[entity]
+    # Gone from the snapshot: inactive (never deleted).
+    result = cur.execute(
+        f"""WITH gone AS (
+                UPDATE {target} t SET active = false, updated_at = now()
+                WHERE t.district_id = %(d)s AND t.active
+                  AND NOT EXISTS (SELECT 1 FROM r_{entity} r
+                                  WHERE r.sourced_id = t.sourced_id)
+                RETURNING 1)
+            SELECT count(*) FROM gone""",
+        {"d": district_id},
+    ).fetchone()
+    counts.deactivated = result[0] if result else 0
+    result = cur.execute(
+        f"""WITH up AS ({_UPSERTS[entity]})
+            SELECT count(*) FILTER (WHERE added), count(*) FILTER (WHERE NOT added)
+            FROM up""",
+        {"d": district_id},
+    ).fetchone()
+    assert result is not None
+    counts.added, counts.updated = result
+    if entity == "staff":
+        _load_staff_schools(cur, district_id)
+    active = cur.execute(
+        f"SELECT count(*) FROM {target} WHERE district_id = %s AND active",
+        (district_id,),
+    ).fetchone()
+    counts.active = active[0] if active else 0
+    return counts
+
+
+def _tables(snapshot: RosterSnapshot) -> dict[str, pl.DataFrame]:
+    """The checked files, shaped as the temporary tables the load reads."""
+    frames = snapshot.frames
+    orgs = frames["orgs.csv"]
+    schools = orgs.filter(_ORG_TYPE == "school").select(
+        pl.col("sourcedId").alias("sourced_id"),
+        "name",
+        "identifier",
+        is_active().alias("active"),
+    )
+    district_id = orgs.filter(_ORG_TYPE == "district")["sourcedId"][0]
+    classes = frames["classes.csv"].select(
+        pl.col("sourcedId").alias("sourced_id"),
+        "title",
+        pl.col("schoolSourcedId").alias("school_sourced_id"),
+        is_active().alias("active"),
+    )
+    enrollments = (
+        frames["enrollments.csv"]
+        .filter(pl.col("role").str.to_lowercase().is_in(["student", "teacher"]))
+        .select(
+            pl.col("sourcedId").alias("sourced_id"),
+            pl.col("classSourcedId").alias("class_sourced_id"),
+            pl.col("userSourcedId").alias("user_sourced_id"),
+            pl.col("role").str.to_lowercase().alias("role"),
+            is_active().alias("active"),
+        )
+    )
+    return {
+        "schools": schools,
+        **_people(frames["users.csv"], schools["sourced_id"].implode(), district_id),
+        "classes": classes,
+        "enrollments": enrollments,
+    }
+
+
+def _people(
+    users: pl.DataFrame, school_ids: pl.Series, district_id: str
+) -> dict[str, pl.DataFrame]:
+    """users.csv as the students, staff and staff-school tables. A student's school is the
+    first of their orgs that is a school; a staff member listing the district is district-wide."""
+    users = users.with_columns(
+        pl.col("orgSourcedIds")
+        .str.split(",")
+        .list.eval(pl.element().str.strip_chars())
+        .alias("_orgs"),
+        pl.col("role").str.to_lowercase().alias("_role"),
+    )
+    first_school = pl.col("_orgs").list.eval(
+        pl.element().filter(pl.element().is_in(school_ids.first()))
+    )
+    students = users.filter(pl.col("_role") == "student").select(
+        pl.col("sourcedId").alias("sourced_id"),
+        pl.col("identifier").alias("ssid"),
+        "email",
+        pl.col("givenName").alias("given_name"),
+        pl.col("familyName").alias("family_name"),
+        first_school.list.first().alias("school_sourced_id"),
+        is_active().alias("active"),
+    )
+    staff_rows = users.filter(pl.col("_role").is_in(STAFF_ROLES))
+    staff = staff_rows.select(
+        pl.col("sourcedId").alias("sourced_id"),
+        pl.col("_role").alias("role"),
+        "email",
+        pl.col("givenName").alias("given_name"),
+        pl.col("familyName").alias("family_name"),
+        "identifier",
+        pl.col("_orgs").list.contains(district_id).alias("district_wide"),
+        (pl.col("enabledUser").str.to_lowercase().fill_null("true") == "true").alias("enabled"),
+        is_active().alias("active"),
+    )
+    staff_schools = (
+        staff_rows.select(pl.col("sourcedId").alias("sourced_id"), first_school.alias("school"))
+        .explode("school")
+        .drop_nulls("school")
+        .unique()
+    )
+    return {"students": students, "staff": staff, "staff_schools": staff_schools}
+
+
+_TEMP_TABLES = """
+CREATE TEMP TABLE r_schools (sourced_id text, name text, identifier text, active boolean)
+    ON COMMIT DROP;
+CREATE TEMP TABLE r_students (sourced_id text, ssid text, email text, given_name text,
+    family_name text, school_sourced_id text, active boolean) ON COMMIT DROP;
+CREATE TEMP TABLE r_staff (sourced_id text, role text, email text, given_name text,
+    family_name text, identifier text, district_wide boolean, enabled boolean, active boolean)
+    ON COMMIT DROP;
+CREATE TEMP TABLE r_staff_schools (sourced_id text, school text) ON COMMIT DROP;
+CREATE TEMP TABLE r_classes (sourced_id text, title text, school_sourced_id text,
+    active boolean) ON COMMIT DROP;
+CREATE TEMP TABLE r_enrollments (sourced_id text, class_sourced_id text,
+    user_sourced_id text, role text, active boolean) ON COMMIT DROP;
+"""
+
+# Each upsert: (entity, INSERT ... ON CONFLICT statement selecting from the temp table).
+# Only rows whose values differ are rewritten, so reloading the same snapshot writes nothing.
+_UPSERTS = {
+    "schools": """
+        INSERT INTO core.schools AS t (district_id, sourced_id, name, identifier, active)
+        SELECT %(d)s, r.sourced_id, r.name, r.identifier, r.active FROM r_schools r
+        ON CONFLICT (district_id, sourced_id) DO UPDATE
+        SET name = excluded.name, identifier = excluded.identifier, active = excluded.active,
+            updated_at = now()
+        WHERE (t.name, t.identifier, t.active)
+              IS DISTINCT FROM (excluded.name, excluded.identifier, excluded.active)
+        RETURNING (xmax = 0) AS added""",
+    "students": """
+        INSERT INTO core.students AS t (district_id, sourced_id, ssid, email, given_name,
+                                        family_name, school_id, active)
+        SELECT %(d)s, r.sourced_id, r.ssid, r.email, r.given_name, r.family_name,
+               s.school_id, r.active
+        FROM r_students r
+        LEFT JOIN core.schools s ON s.district_id = %(d)s AND s.sourced_id = r.school_sourced_id
+        ON CONFLICT (district_id, sourced_id) DO UPDATE
+        SET ssid = excluded.ssid, email = excluded.email, given_name = excluded.given_name,
+            family_name = excluded.family_name, school_id = excluded.school_id,
+            active = excluded.active, updated_at = now()
+        WHERE (t.ssid, t.email, t.given_name, t.family_name, t.school_id, t.active)
+              IS DISTINCT FROM (excluded.ssid, excluded.email, excluded.given_name,
+                                excluded.family_name, excluded.school_id, excluded.active)
+        RETURNING (xmax = 0) AS added""",
+    "staff": """
+        INSERT INTO core.staff AS t (district_id, sourced_id, role, email, given_name,
+                                     family_name, identifier, district_wide, enabled, active)
+        SELECT %(d)s, r.sourced_id, r.role, r.email, r.given_name, r.family_name,
+               r.identifier, r.district_wide, r.enabled, r.active
+        FROM r_staff r
+        ON CONFLICT (district_id, sourced_id) DO UPDATE
+        SET role = excluded.role, email = excluded.email, given_name = excluded.given_name,
+            family_name = excluded.family_name, identifier = excluded.identifier,
+            district_wide = excluded.district_wide, enabled = excluded.enabled,
+            active = excluded.active, updated_at = now()
+        WHERE (t.role, t.email, t.given_name, t.family_name, t.identifier, t.district_wide,
+               t.enabled, t.active)
+              IS DISTINCT FROM (excluded.role, excluded.email, excluded.given_name,
+                                excluded.family_name, excluded.identifier,
+                                excluded.district_wide, excluded.enabled, excluded.active)
+        RETURNING (xmax = 0) AS added""",
+    "classes": """
+        INSERT INTO core.classes AS t (district_id, sourced_id, title, school_id, active)
+        SELECT %(d)s, r.sourced_id, r.title, s.school_id, r.active
+        FROM r_classes r
+        JOIN core.schools s ON s.district_id = %(d)s AND s.sourced_id = r.school_sourced_id
+        ON CONFLICT (district_id, sourced_id) DO UPDATE
+        SET title = excluded.title, school_id = excluded.school_id, active = excluded.active,
+            updated_at = now()
+        WHERE (t.title, t.school_id, t.active)
+              IS DISTINCT FROM (excluded.title, excluded.school_id, excluded.active)
+        RETURNING (xmax = 0) AS added""",
+    "enrollments": """
+        INSERT INTO core.enrollments AS t (district_id, sourced_id, class_id, role, student_id,
+                                           staff_id, active)
+        SELECT %(d)s, r.sourced_id, c.class_id, r.role,
+               CASE WHEN r.role = 'student' THEN st.student_id END,
+               CASE WHEN r.role = 'teacher' THEN sf.staff_id END, r.active
+        FROM r_enrollments r
+        JOIN core.classes c ON c.district_id = %(d)s AND c.sourced_id = r.class_sourced_id
+        LEFT JOIN core.students st
+               ON st.district_id = %(d)s AND st.sourced_id = r.user_sourced_id
+        LEFT JOIN core.staff sf ON sf.district_id = %(d)s AND sf.sourced_id = r.user_sourced_id
+        ON CONFLICT (district_id, sourced_id) DO UPDATE
+        SET class_id = excluded.class_id, role = excluded.role,
+            student_id = excluded.student_id, staff_id = excluded.staff_id,
+            active = excluded.active, updated_at = now()
+        WHERE (t.class_id, t.role, t.student_id, t.staff_id, t.active)
+              IS DISTINCT FROM (excluded.class_id, excluded.role, excluded.student_id,
+                                excluded.staff_id, excluded.active)
+        RETURNING (xmax = 0) AS added""",
+}
+_TABLE = {
+    "schools": "core.schools",
+    "students": "core.students",
+    "staff": "core.staff",
+    "classes": "core.classes",
+    "enrollments": "core.enrollments",
+}
+
+
+def _load_staff_schools(cur: psycopg.Cursor, district_id: int) -> None:
+    cur.execute(
+        """DELETE FROM core.staff_schools ss USING core.staff sf
+           WHERE ss.staff_id = sf.staff_id AND sf.district_id = %(d)s
+             AND NOT EXISTS (
+                 SELECT 1 FROM r_staff_schools r JOIN core.schools s
+                   ON s.district_id = %(d)s AND s.sourced_id = r.school
+                 WHERE r.sourced_id = sf.sourced_id AND s.school_id = ss.school_id)""",
+        {"d": district_id},
+    )
+    cur.execute(
+        """INSERT INTO core.staff_schools (staff_id, school_id)
+           SELECT sf.staff_id, s.school_id
+           FROM r_staff_schools r
+           JOIN core.staff sf ON sf.district_id = %(d)s AND sf.sourced_id = r.sourced_id
+           JOIN core.schools s ON s.district_id = %(d)s AND s.sourced_id = r.school
+           ON CONFLICT DO NOTHING""",
+        {"d": district_id},
+    )

@@ -1,0 +1,147 @@
+"""Read a roster folder's four files into frames, and check them (tasks/roster/rules.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from schemas.issues import Severity
+from schemas.roster import ROSTER_FILES, RosterIssue
+from tasks.read import FIELDS, ROW, ParsedFile, column_key, read_demographics
+from tasks.roster.rules import check_files, issue_order
+
+
+@dataclass
+class RosterSnapshot:
+    """The four files, checked: one frame per file with OneRoster column names and `__row`."""
+
+    frames: dict[str, pl.DataFrame] = field(default_factory=dict)
+    issues: list[RosterIssue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for i in self.issues if i.severity == "error")
+
+
+def read_roster(directory: Path) -> RosterSnapshot:
+    """Read and check the four files of a roster folder. Never raises for any content."""
+    snapshot = RosterSnapshot()
+    for name in ROSTER_FILES:
+        frame = _read_file(directory / name, name, snapshot.issues)
+        if frame is not None:
+            snapshot.frames[name] = frame
+    if len(snapshot.frames) == len(ROSTER_FILES):
+        snapshot.issues.extend(check_files(snapshot.frames))
+        snapshot.issues.sort(key=issue_order)
+    return snapshot
+
+
+def _read_file(path: Path, name: str, issues: list[RosterIssue]) -> pl.DataFrame | None:
+    """One file as a frame of the columns used, or None (with the issue why) if it cannot be."""
+    data = _read_bytes(path, name, issues)
+    if data is None:
+        return None
+    parsed = read_demographics(data, name)
+    for issue in parsed.issues:
+        issues.append(
+            RosterIssue(
+                name,
+                "error" if issue.severity is Severity.ERROR else "warning",
+                issue.code.value,
+                issue.message,
+                row=issue.row,
+            )
+        )
+    if parsed.stopped:
+        return None
+    positions = _column_positions(parsed.header, name, issues)
+    if positions is None:
+        return None
+    return _complete_rows(parsed, positions, name, issues)
+
+
+def _read_bytes(path: Path, name: str, issues: list[RosterIssue]) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        issues.append(
+            RosterIssue(name, "error", "missing_file", f"{name} is missing from the roster folder")
+        )
+    except OSError as exc:
+        issues.append(
+            RosterIssue(name, "error", "unreadable_file", f"cannot read {name}: {exc.strerror}")
+        )
+    return None
+
+
+def _column_positions(
+    header: list[str], name: str, issues: list[RosterIssue]
+) -> dict[str, int] | None:
+    """Where each used column is (headers matched ignoring case and spaces), or None if one
+    appears twice or a required one is missing."""
+    required, optional = ROSTER_FILES[name]
+    wanted = {c.casefold(): c for c in (*required, *optional)}
+    positions: dict[str, int] = {}
+    for index, raw in enumerate(header):
+        canonical = wanted.get(raw.strip().casefold())
+        if canonical is None:
+            continue
+        if canonical in positions:
+            issues.append(
+                RosterIssue(
+                    name,
+                    "error",
+                    "duplicate_column",
+                    f"the column {canonical} appears twice "
+                    f"(columns {positions[canonical] + 1} and {index + 1})",
+                    column=canonical,
+                )
+            )
+            return None
+        positions[canonical] = index
+    missing = [c for c in required if c not in positions]
+    if missing:
+        issues.append(
+            RosterIssue(
+                name,
+                "error",
+                "missing_column",
+                f"{name} has no {', '.join(missing)} column; a OneRoster 1.1 {name} needs "
+                f"{', '.join(required)}",
+            )
+        )
+        return None
+    return positions
+
+
+def _complete_rows(
+    parsed: ParsedFile, positions: dict[str, int], name: str, issues: list[RosterIssue]
+) -> pl.DataFrame:
+    """The used columns under their OneRoster names (absent optional ones empty); a row whose
+    field count differs from the header's is an issue and left out."""
+    required, optional = ROSTER_FILES[name]
+    frame = parsed.records.select(
+        ROW,
+        FIELDS,
+        *(
+            pl.col(column_key(positions[c])).alias(c)
+            if c in positions
+            else pl.lit(None, dtype=pl.String).alias(c)
+            for c in (*required, *optional)
+        ),
+    )
+    width = len(parsed.header)
+    bad = frame.filter(pl.col(FIELDS) != width)
+    for row, count in bad.select(ROW, FIELDS).iter_rows():
+        issues.append(
+            RosterIssue(
+                name,
+                "error",
+                "wrong_field_count",
+                f"this row has {count} fields but the header has {width}",
+                row=row,
+            )
+        )
+    return frame.filter(pl.col(FIELDS) == width).drop(FIELDS)
