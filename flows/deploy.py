@@ -1,8 +1,11 @@
 """The deployments: the nightly schedule and the manual runs people start from the Prefect UI.
 
-`demographics serve` (or `make serve`) serves them from this process, so the schedule and the
-UI's Run button work with no work pool; `deployments/prefect.yaml` declares the same six for
-a work pool in production.
+`deployments/prefect.yaml` declares them, once: `prefect deploy` reads it for a work pool in
+production, and `demographics serve` (or `make serve`) reads it too and serves the same
+deployments from this process, so the schedule and the UI's Run button work with no work pool.
+Serving passes on what the file says of each deployment (name, flow, description, parameters,
+cron schedules, concurrency limit, tags, version) and leaves out what only a work pool uses;
+a key it cannot carry out is refused (`DeploymentsInvalid`) rather than served otherwise.
 
 Serving is Prefect's `Runner`, run here rather than through `prefect.serve`, so that a stop is
 quick and bounded. `prefect.serve` pauses every schedule on the way out with the runner's
@@ -21,69 +24,125 @@ when serving resumes (one at a time), which is what a missed night should do.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import re
 import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
+from prefect import Flow
 from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 from websockets.exceptions import ConnectionClosed
 
-from flows.pipeline import (
-    apply_access_views,
-    approve_held_sync,
-    change_teacher_fields,
-    discard_held_sync,
-    nightly_sync,
-    process_file,
-)
 from tasks.db import safe_url
 from tasks.errors import DemographicsError
 from tasks.settings import load_settings
 
-NIGHTLY_CRON = "0 2 * * *"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_SECONDS = 3.0  # for the runner to stop by itself; the promise (README) is 5 s
 LAST_WORDS_SECONDS = 0.5  # for a task to unwind once cancelled
 
+# --- the deployments, as deployments/prefect.yaml declares them ---------------------------
 
-def deployments() -> list[RunnerDeployment]:
-    timezone = load_settings().timezone
-    return [
-        nightly_sync.to_deployment(
-            name="nightly-demographics-sync",
-            schedules=[Cron(NIGHTLY_CRON, timezone=timezone)],
-            concurrency_limit=1,
-            description="Every active district's drop at 02:00; one run at a time.",
-        ),
-        process_file.to_deployment(
-            name="process-drop-file",
-            parameters={"mode": "sync"},
-            description="One file of one district's drop: mode sync, or preview (keeps it).",
-        ),
-        approve_held_sync.to_deployment(
-            name="approve-held-sync",
-            description="Apply a held sync (run id): the same file, checked by SHA-256.",
-        ),
-        discard_held_sync.to_deployment(
-            name="discard-held-sync",
-            description="Drop a held sync (run id) and delete its file from the drop.",
-        ),
-        change_teacher_fields.to_deployment(
-            name="change-teacher-fields",
-            description="A data manager sets the fields teachers see (empty list: none).",
-        ),
-        apply_access_views.to_deployment(
-            name="apply-access-views",
-            description="Re-apply the reporting view and grants; safe while people query.",
-        ),
-    ]
+DEPLOYMENTS_FILE = Path(__file__).resolve().parent.parent / "deployments" / "prefect.yaml"
+# What serving passes on to `Flow.to_deployment` as the file has it (schedules are built).
+PASSED_ON = ("description", "parameters", "concurrency_limit", "tags", "version", "paused")
+# What only a work pool uses: a runner serving in this process has no pool, image or steps.
+POOL_ONLY = frozenset({"work_pool", "job_variables", "pull", "build", "push"})
+READ = frozenset({"name", "entrypoint", "schedules", *PASSED_ON})
+TEMPLATE = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
+
+
+class DeploymentsInvalid(DemographicsError):
+    """The deployments file says something `serve` cannot carry out; the message says what."""
+
+
+def deployments(path: Path = DEPLOYMENTS_FILE) -> list[RunnerDeployment]:
+    """The deployments the file declares, to be served from this process. Its `{{ $VAR }}`
+    templates are the settings' values here (`prefect deploy` reads the environment): the
+    same variables, validated and with their defaults."""
+    variables = {"DEMOGRAPHICS_TIMEZONE": load_settings().timezone}
+    return [_runner_deployment(declared, variables) for declared in _declared(path)]
+
+
+def _declared(path: Path) -> list[dict[str, Any]]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DeploymentsInvalid(f"cannot read {path} ({exc.strerror or 'I/O error'})") from None
+    except yaml.YAMLError:
+        raise DeploymentsInvalid(f"{path} is not YAML") from None
+    found = document.get("deployments") if isinstance(document, dict) else None
+    if not isinstance(found, list) or not all(isinstance(d, dict) for d in found):
+        raise DeploymentsInvalid(f"{path} has no list of deployments")
+    return found
+
+
+def _runner_deployment(declared: dict[str, Any], variables: dict[str, str]) -> RunnerDeployment:
+    name = declared.get("name", "(no name)")
+    unknown = sorted(set(declared) - READ - POOL_ONLY)
+    if unknown:
+        raise DeploymentsInvalid(f"deployment {name}: serve cannot carry out {unknown}")
+    used = _resolved({k: v for k, v in declared.items() if k in READ}, variables, name)
+    options = {key: used[key] for key in PASSED_ON if key in used}
+    if used.get("schedules"):
+        options["schedules"] = [_schedule(entry, name) for entry in used["schedules"]]
+    return _flow(used.get("entrypoint"), name).to_deployment(name=name, **options)
+
+
+def _resolved(value: Any, variables: dict[str, str], name: str) -> Any:
+    """The value with its `{{ $VAR }}` templates replaced, in every string it holds."""
+    if isinstance(value, dict):
+        return {k: _resolved(v, variables, name) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolved(v, variables, name) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def variable(match: re.Match[str]) -> str:
+        if match.group(1) not in variables:
+            raise DeploymentsInvalid(f"deployment {name}: serve has no ${match.group(1)}")
+        return variables[match.group(1)]
+
+    return TEMPLATE.sub(variable, value)
+
+
+def _schedule(entry: Any, name: str) -> Cron:
+    """A cron schedule (`cron`, and Cron's own keywords such as `timezone`)."""
+    if not isinstance(entry, dict) or "cron" not in entry:
+        raise DeploymentsInvalid(f"deployment {name}: serve builds cron schedules only")
+    options = {k: v for k, v in entry.items() if k != "cron"}
+    try:
+        return Cron(entry["cron"], **options)
+    except (TypeError, ValueError) as exc:
+        raise DeploymentsInvalid(
+            f"deployment {name}: a schedule serve cannot build ({type(exc).__name__})"
+        ) from None
+
+
+def _flow(entrypoint: Any, name: str) -> Flow[..., Any]:
+    """The flow an entrypoint (`flows/pipeline.py:nightly_sync`) names, from the installed
+    package: the module the file is, not the file loaded a second time."""
+    file, _, attribute = str(entrypoint).partition(":")
+    module = file.removesuffix(".py").replace("/", ".")
+    try:
+        found = getattr(importlib.import_module(module), attribute, None)
+    except ModuleNotFoundError as exc:
+        if not f"{module}.".startswith(f"{exc.name}."):  # a module it imports is missing
+            raise
+        found = None
+    if not isinstance(found, Flow):
+        raise DeploymentsInvalid(f"deployment {name}: {entrypoint} is not a flow")
+    return found
 
 
 @dataclass(frozen=True)

@@ -34,41 +34,42 @@ from tasks.settings import load_settings
 
 PRIVATE: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE, "log_prints": False}
 
-check_database = task(process.check_database, name="check-database", **PRIVATE)
-check_request = task(process.check_file_request, name="check-request", **PRIVATE)
-active_districts = task(process.active_districts, name="active-districts", **PRIVATE)
-clean_staging = task(process.clean_staging, name="clean-staging", **PRIVATE)
+# Each task is named by Prefect for the function it wraps (its __name__), so the UI shows
+# the name the code uses.
+check_database = task(process.check_database, **PRIVATE)
+check_file_request = task(process.check_file_request, **PRIVATE)
+active_districts = task(process.active_districts, **PRIVATE)
+clean_staging = task(process.clean_staging, **PRIVATE)
 # The drop retries its own connections with backoff (settings: sftp_attempts,
 # sftp_backoff_seconds): a Prefect retry on top would multiply the waits.
-list_drop = task(process.list_drop, name="list-drop", **PRIVATE)
-plan_drop = task(process.plan_drop, name="judge-drop", **PRIVATE)
-fetch_file = task(process.fetch_file, name="fetch-file", **PRIVATE)
-waiting_hold = task(process.waiting_hold, name="find-waiting-hold", **PRIVATE)
-check_same_file = task(process.check_same_file, name="check-same-file", **PRIVATE)
-sync_file = task(process.sync_file, name="validate-match-apply", **PRIVATE)
-held_sync = task(process.held_sync, name="find-held-sync", **PRIVATE)
-check_approver = task(process.check_approver, name="check-data-manager", **PRIVATE)
-discard_held = task(process.discard_held, name="discard-held-sync", **PRIVATE)
-discard_source_file = task(process.discard_source_file, name="discard-source-file", **PRIVATE)
-apply_views = task(process.apply_access_views, name="apply-access-views", **PRIVATE)
-teacher_fields = task(process.change_teacher_fields, name="change-teacher-fields", **PRIVATE)
-results_message = task(process.results_message, name="render-results-email", **PRIVATE)
-notice_message = task(process.notice_message, name="render-notice-email", **PRIVATE)
+list_drop = task(process.list_drop, **PRIVATE)
+plan_drop = task(process.plan_drop, **PRIVATE)
+fetch_file = task(process.fetch_file, **PRIVATE)
+run_holding_file = task(process.run_holding_file, **PRIVATE)
+check_same_file = task(process.check_same_file, **PRIVATE)
+sync_file = task(process.sync_file, **PRIVATE)
+held_sync = task(process.held_sync, **PRIVATE)
+check_approver = task(process.check_approver, **PRIVATE)
+discard_held = task(process.discard_held, **PRIVATE)
+discard_source_file = task(process.discard_source_file, **PRIVATE)
+apply_views_and_grants = task(process.apply_views_and_grants, **PRIVATE)
+set_teacher_fields = task(process.set_teacher_fields, **PRIVATE)
+results_message = task(process.results_message, **PRIVATE)
+notice_message = task(process.notice_message, **PRIVATE)
 # Sending is retried when the failure may pass (settings: mail_attempts, mail_retry_seconds),
 # then the failure is recorded on the run; it never undoes a committed sync.
 send_message = task(
     process.send_message,
-    name="send-email",
     retry_condition_fn=lambda _task, _run, state: is_transient(
         state.result(raise_on_failure=False)
     ),
     **PRIVATE,
 )
-record_delivery = task(process.record_delivery, name="record-email", **PRIVATE)
-settle_file = task(process.settle_file, name="settle-source-file", **PRIVATE)
-expire_files = task(process.expire_files, name="expire-old-files", **PRIVATE)
-reject_unread = task(process.reject_unread, name="reject-too-large", **PRIVATE)
-refusals_reported = task(process.refusals_reported, name="record-refusals-told", **PRIVATE)
+record_delivery = task(process.record_delivery, **PRIVATE)
+settle_file = task(process.settle_file, **PRIVATE)
+expire_files = task(process.expire_files, **PRIVATE)
+reject_unread = task(process.reject_unread, **PRIVATE)
+mark_refusals_reported = task(process.mark_refusals_reported, **PRIVATE)
 
 FLOW_SETTINGS: dict[str, Any] = {"persist_result": False, "log_prints": False}
 
@@ -162,7 +163,7 @@ def process_file(
     log = get_run_logger()
     by = _requester(requested_by)
     check_database()
-    refused = check_request(district, file_name)
+    refused = check_file_request(district, file_name)
     if refused is not None:
         return _refuse(refused)
     fetched = fetch_file(district, file_name)
@@ -172,10 +173,10 @@ def process_file(
     if isinstance(fetched, Refused):
         return _refuse(fetched)
     if mode == "sync":
-        waiting = waiting_hold(district, fetched.sha256)
-        if waiting is not None:
-            log.info("%s is held by run %s, waiting for a data manager; kept", file_name, waiting)
-            return {"status": "held", "run_id": waiting, "file": "kept"}
+        holding = run_holding_file(district, fetched.sha256)
+        if holding is not None:
+            log.info("%s is held by run %s, waiting for a data manager; kept", file_name, holding)
+            return {"status": "held", "run_id": holding, "file": "kept"}
     source = process.source_of(fetched)
     outcome = sync_file(district, quote(fetched), mode, by)
     del fetched
@@ -228,7 +229,7 @@ def sync_district_drop(district: str, requested_by: str | None = None) -> dict[s
         log.warning("%s entries in the drop were refused and left alone", len(plan.refused))
     if plan.refused_news:
         _notify(district, process.refused_notice(plan.refused_news))
-        refusals_reported(district, plan.refused_news)
+        mark_refusals_reported(district, plan.refused_news)
     if plan.settling:
         log.info("%s files are still settling; they wait for the next run", len(plan.settling))
     done: list[dict[str, Any]] = []
@@ -254,8 +255,10 @@ def sync_district_drop(district: str, requested_by: str | None = None) -> dict[s
     return {"district": district, "files": len(done), "settling": len(plan.settling)}
 
 
-@task(name="district", **PRIVATE)
-def _district(district: str, requested_by: str) -> dict[str, Any]:
+@task(**PRIVATE)
+def run_district_flow(district: str, requested_by: str) -> dict[str, Any]:
+    """One district's sync-district-drop flow, as a task: the nightly flow's task runner runs
+    several at once."""
     return sync_district_drop(district, requested_by)
 
 
@@ -269,7 +272,7 @@ def _each_district(districts: list[str], by: str, at_once: int) -> list[str]:
     while waiting or running:
         while waiting and len(running) < at_once:
             code = waiting.pop(0)
-            running[code] = _district.submit(code, by)
+            running[code] = run_district_flow.submit(code, by)
             running[code].add_done_callback(lambda _future, code=code: finished.put(code))
         code = finished.get()
         future = running.pop(code)
@@ -359,7 +362,7 @@ def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any] | State:
 @flow(name="apply-access-views", **FLOW_SETTINGS)
 def apply_access_views() -> dict[str, Any]:
     """Re-apply the reporting view and its grants (idempotent; safe while people query)."""
-    result = apply_views()
+    result = apply_views_and_grants()
     log = get_run_logger()
     log.info("applied %s", ", ".join(result.applied) or "nothing")
     for step in result.owner_steps:
@@ -374,7 +377,7 @@ def change_teacher_fields(
     """A data manager (`changed_by`, their email) sets the demographic fields teachers see;
     an empty list means none (teachers then see no rows). Applies to the next query.
     Refused: not a data manager, a name that is not a demographic field, an unknown district."""
-    now = teacher_fields(district, fields, changed_by)
+    now = set_teacher_fields(district, fields, changed_by)
     if isinstance(now, Refused):
         return _refuse(now)
     get_run_logger().info("teachers of %s now see: %s", district, ", ".join(now) or "nothing")
