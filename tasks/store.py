@@ -248,6 +248,24 @@ def record_file_deleted(conn: psycopg.Connection, run_ids: list[int]) -> None:
     )
 
 
+@dataclass(frozen=True)
+class RunDelivery:
+    """What became of a run's results email and of its source file in the drop."""
+
+    email_status: str | None
+    email_detail: str | None
+    file_deleted_at: datetime | None
+
+
+def run_delivery(conn: psycopg.Connection, run_id: int) -> RunDelivery | None:
+    """How run `run_id`'s email went and whether its file was deleted; None: no such run."""
+    row = conn.execute(
+        "SELECT email_status, email_detail, file_deleted_at FROM core.sync_runs WHERE run_id = %s",
+        (run_id,),
+    ).fetchone()
+    return None if row is None else RunDelivery(*row)
+
+
 class NotHeld(DemographicsError):
     """The run is not a held sync waiting for a decision; the message is safe to print."""
 

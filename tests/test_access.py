@@ -33,7 +33,7 @@ from psycopg import errors, sql
 from storehelp import load
 from typer.testing import CliRunner
 
-from flows.access_cli import access_app
+from flows.cli.access import access_app
 from tasks.access import (
     FIELDS,
     GROUP_ROLE,

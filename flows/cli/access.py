@@ -1,22 +1,19 @@
 """`demographics access ...`: data managers, teacher fields and SQL logins (access-model.md).
 
 Operator commands (grant-manager, revoke-manager, sql-login) and the data manager's
-teacher-fields. No Prefect here: each command is one short transaction. flows/cli.py
-registers this app (`app.add_typer(access_app, name="access")`); its `fail` and
-`_database_errors` are imported when a command runs, so the two modules never import each
-other at load time.
+teacher-fields. No Prefect here: each command is one short transaction.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from flows.cli.output import DistrictOption, fail, one_line_errors
 
 if TYPE_CHECKING:
     import psycopg
@@ -26,31 +23,12 @@ access_app = typer.Typer(
     no_args_is_help=True,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-DistrictOption = Annotated[str, typer.Option("--district", "-d", help="The district's code.")]
 EmailArgument = Annotated[str, typer.Argument(help="The staff member's email, as in the roster.")]
 
 
 class LoginFormat(StrEnum):
     text = "text"
     json = "json"
-
-
-def _access_errors(func: F) -> F:
-    """Access, database and store errors as one line on stderr, exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from flows.cli import _database_errors, fail
-        from tasks.access import AccessError
-
-        try:
-            return _database_errors(func)(*args, **kwargs)
-        except AccessError as exc:
-            fail(str(exc))
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _operator() -> str:
@@ -66,7 +44,7 @@ def _connection() -> psycopg.Connection:
 
 
 @access_app.command("grant-manager")
-@_access_errors
+@one_line_errors
 def grant_manager(email: EmailArgument, district: DistrictOption) -> None:
     """Make an active staff member of the district a data manager (an operator command)."""
     from tasks.access import find_staff, grant_manager
@@ -79,7 +57,7 @@ def grant_manager(email: EmailArgument, district: DistrictOption) -> None:
 
 
 @access_app.command("revoke-manager")
-@_access_errors
+@one_line_errors
 def revoke_manager(email: EmailArgument, district: DistrictOption) -> None:
     """End a data manager's grant (kept in the history) (an operator command)."""
     from tasks.access import revoke_manager
@@ -90,7 +68,7 @@ def revoke_manager(email: EmailArgument, district: DistrictOption) -> None:
 
 
 @access_app.command("managers")
-@_access_errors
+@one_line_errors
 def managers(district: DistrictOption) -> None:
     """List the district's data managers (the default recipients of results emails)."""
     from tasks.access import list_managers
@@ -105,7 +83,7 @@ def managers(district: DistrictOption) -> None:
 
 
 @access_app.command("teacher-fields")
-@_access_errors
+@one_line_errors
 def teacher_fields(
     district: DistrictOption,
     as_: Annotated[
@@ -121,7 +99,6 @@ def teacher_fields(
     show: Annotated[bool, typer.Option("--show", help="Show the setting in force.")] = False,
 ) -> None:
     """Show or set the demographic fields teachers see; a change applies to the next query."""
-    from flows.cli import fail
     from tasks.access import FIELDS, parse_fields, set_teacher_fields
     from tasks.access import teacher_fields as current
 
@@ -157,7 +134,7 @@ def _read_password() -> str:
 
 
 @access_app.command("sql-login")
-@_access_errors
+@one_line_errors
 def sql_login(
     email: EmailArgument,
     district: DistrictOption,
@@ -179,7 +156,6 @@ def sql_login(
 
     --format json prints {"role": ..., "password": ...} (password null when read from stdin).
     """
-    from flows.cli import fail
     from tasks.access import create_sql_login, revoke_sql_login
 
     if revoke:

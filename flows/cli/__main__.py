@@ -1,0 +1,5 @@
+"""`python -m flows.cli`, as the installed `demographics` command."""
+
+from flows.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""`demographics db ...` and `demographics roster load`: the database and the roster in it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli.output import SyncFormat, fail, one_line_errors
+
+db_app = typer.Typer(
+    help="The database: URL, schema upgrade, embedded server.", no_args_is_help=True
+)
+roster_app = typer.Typer(help="The district roster (OneRoster 1.1 CSV).", no_args_is_help=True)
+
+
+@db_app.command("url")
+@one_line_errors
+def db_url() -> None:
+    """Print the connection URL, starting the embedded server if needed.
+
+    So `psql "$(demographics db url)"` works.
+    """
+    from tasks.db import database_url
+
+    typer.echo(database_url())
+
+
+@db_app.command("upgrade")
+@one_line_errors
+def db_upgrade() -> None:
+    """Apply the numbered SQL files in sql/ that are not applied yet, then the access views
+    and grants (re-asserted every time, like the apply-access-views flow)."""
+    from tasks.access import apply_access_views
+    from tasks.db import connect, database_url, upgrade
+
+    with connect(database_url()) as conn:
+        applied = upgrade(conn)
+        views = apply_access_views(conn)
+    typer.echo(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
+    typer.echo("access views and grants applied")
+    for step in views.owner_steps:
+        typer.echo(f"still to do: {step}")
+
+
+@db_app.command("stop")
+@one_line_errors
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server (it is left running between commands)."""
+    from tasks.db import stop_embedded
+    from tasks.settings import load_settings
+
+    settings = load_settings()
+    if settings.database_url:
+        fail("DEMOGRAPHICS_DATABASE_URL is set: there is no embedded server to stop")
+    stopped = stop_embedded(settings.pgdata)
+    typer.echo("stopped the embedded server" if stopped else "the embedded server is not running")
+
+
+@roster_app.command("load")
+@one_line_errors
+def roster_load(
+    directory: Annotated[
+        Path, typer.Argument(help="Folder with orgs.csv, users.csv, classes.csv, enrollments.csv.")
+    ],
+    district: Annotated[str, typer.Option("--district", "-d", help="The district's code.")],
+    format: Annotated[SyncFormat, typer.Option("--format", "-f")] = SyncFormat.text,
+) -> None:
+    """Load a district's full roster snapshot: upsert what is there, deactivate what is gone.
+
+    Exit status: 0 loaded, 1 the roster has errors (nothing loaded), 2 the command could not run.
+    """
+    from tasks.db import connect, ready_database_url
+    from tasks.render import render_roster
+    from tasks.roster import load_roster, read_roster
+    from tasks.settings import load_settings
+
+    if not directory.is_dir():
+        fail(f"{directory}: not a folder")
+    snapshot = read_roster(directory)
+    url = ready_database_url()
+    with connect(url) as conn:
+        result = load_roster(conn, district, snapshot, load_settings().lock_wait_seconds)
+    typer.echo(result.to_json() if format is SyncFormat.json else render_roster(result), nl=False)
+    raise typer.Exit(0 if result.loaded else 1)

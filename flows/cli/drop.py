@@ -1,0 +1,156 @@
+"""The district file drop and the Prefect flows that work on it.
+
+`demographics drop list|put`, and the commands that run a flow: `nightly`, `approve` and
+`discard` (a held sync from the drop), and `serve` (the deployments). Prefect is imported
+only inside the flow commands.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from flows.cli.output import DistrictOption, FileArgument, fail, one_line_errors, read_or_fail
+
+drop_app = typer.Typer(
+    help="The district file drop (SFTP or a local folder).", no_args_is_help=True
+)
+app = typer.Typer()
+
+AsOption = Annotated[
+    str, typer.Option("--as", help="Your email: a data manager of the run's district.")
+]
+
+
+def _known_district(code: str) -> None:
+    """Refuse a district the store does not know (UnknownDistrict), before the drop is
+    touched: a typo must not list nothing, or make a folder nobody reads."""
+    from tasks.db import connect, ready_database_url
+    from tasks.store import get_district
+
+    with connect(ready_database_url(), autocommit=True) as conn:
+        get_district(conn, code)
+
+
+@drop_app.command("list")
+@one_line_errors
+def drop_list(district: DistrictOption) -> None:
+    """Show what the nightly run would do with each file in a district's drop."""
+    from tasks.drop import check_district, open_drop
+    from tasks.render import printable
+    from tasks.settings import load_settings
+
+    settings = load_settings()
+    _known_district(check_district(district))
+    drop = open_drop(settings)
+    listing = drop.list(district)
+    typer.echo(f"{drop.description}/{district}")
+    groups = (
+        ("ready", listing.ready),
+        ("settling (may still be uploading)", listing.settling),
+        ("too large (rejected unread)", listing.too_large),
+        ("past retention (deleted)", listing.expired),
+    )
+    for label, files in groups:
+        for f in files:
+            stamp = f.modified.strftime("%Y-%m-%d %H:%M:%S")
+            typer.echo(f"  {label:<36} {stamp} UTC {f.size:>12} bytes  {printable(f.name)}")
+    for r in listing.refused:
+        typer.echo(f"  {'refused (' + r.reason + ')':<36} {r.name}")
+
+
+@drop_app.command("put")
+@one_line_errors
+def drop_put(file: FileArgument, district: DistrictOption) -> None:
+    """Place a file in a district's drop, as a district's upload would."""
+    from tasks.drop import check_district, check_name, open_drop
+    from tasks.settings import load_settings
+
+    settings = load_settings()
+    _known_district(check_district(district))
+    name = check_name(file.name)
+    data = read_or_fail(file)
+    drop = open_drop(settings)
+    drop.put(district, name, data)
+    typer.echo(f"placed {file.name} in {drop.description}/{district}")
+
+
+ENGINE_PREFIX = "Flow run encountered an exception: "
+
+
+def flow_outcome(name: str, state_name: str, completed: bool, message: str | None) -> str:
+    """The last line a flow command prints: `name: Completed[: message]`, or for any other
+    end `error: name failed: reason` (a refusal's reason, or the exception Prefect recorded,
+    without its engine's preamble)."""
+    reason = (message or "").removeprefix(ENGINE_PREFIX).strip()
+    if completed:
+        return f"{name}: {state_name}" + (f": {reason}" if reason else "")
+    ended = {"Failed": "failed", "Refused": "refused"}.get(state_name, f"ended {state_name}")
+    return f"error: {name} {ended}" + (f": {reason}" if reason else "")
+
+
+def _flow_result(name: str, state: Any) -> None:
+    """As for the other commands: 0 completed; 2 and one line on stderr when the run failed."""
+    completed = bool(state.is_completed())
+    line = flow_outcome(name, state.name, completed, state.message)
+    typer.echo(line, err=not completed)
+    raise typer.Exit(0 if completed else 2)
+
+
+@app.command()
+@one_line_errors
+def nightly() -> None:
+    """Run the nightly-sync flow once, now, through Prefect (every active district's drop)."""
+    from tasks.settings import load_settings
+
+    load_settings()  # a wrong setting is one line here, before Prefect starts
+    from flows.pipeline import nightly_sync
+
+    _flow_result("nightly-sync", nightly_sync(return_state=True))
+
+
+def _decision_refused(run_id: int, email: str) -> None:
+    """The flow's own first checks (a held run waiting, a data manager deciding), run before
+    Prefect starts, so a refusal is one line and no flow run. The flow checks again."""
+    from tasks import process
+
+    # A StepFailed from either check is a DemographicsError: one line, by one_line_errors.
+    held = process.held_sync(run_id)
+    refused = held if isinstance(held, process.Refused) else process.check_approver(held, email)
+    if refused is not None:
+        fail(refused.reason)
+
+
+@app.command()
+@one_line_errors
+def approve(
+    run_id: Annotated[int, typer.Argument(help="The held sync run.")], as_: AsOption
+) -> None:
+    """Apply a held sync from the drop (the same file, by SHA-256), through Prefect."""
+    _decision_refused(run_id, as_)
+    from flows.pipeline import approve_held_sync
+
+    _flow_result("approve-held-sync", approve_held_sync(run_id, as_, return_state=True))
+
+
+@app.command()
+@one_line_errors
+def discard(
+    run_id: Annotated[int, typer.Argument(help="The held sync run.")], as_: AsOption
+) -> None:
+    """Drop a held sync and delete its file from the drop, through Prefect."""
+    _decision_refused(run_id, as_)
+    from flows.pipeline import discard_held_sync
+
+    _flow_result("discard-held-sync", discard_held_sync(run_id, as_, return_state=True))
+
+
+@app.command()
+@one_line_errors
+def serve() -> None:
+    """Serve the deployments (nightly schedule, manual runs) from this process until SIGTERM
+    or Ctrl-C; it stops within 5 s, cancelling the runs in flight (their files stay)."""
+    from flows.deploy import serve_all
+
+    typer.echo(serve_all().line())
