@@ -42,5 +42,21 @@ def test_the_readme_links_the_projects_own_docs_and_nothing_outside_it() -> None
     assert "../shared" not in readme
     links = re.findall(r"\]\(([^)#]+)\)", readme)
     local = [link for link in links if "://" not in link]
-    assert {"docs/csv-contract.md", "docs/access-model.md"} <= set(local)
+    assert {"docs/csv-contract.md", "docs/access-model.md", "docs/architecture.md"} <= set(local)
     assert all((ROOT / link).is_file() for link in local), local
+
+
+def test_every_project_file_the_docs_name_exists() -> None:
+    # A restructure that moves code must move the docs' pointers with it.
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    docs += [ROOT / "deployments" / "README.md", ROOT / "sql" / "README.md"]
+    named = {
+        (doc.name, path)
+        for doc in docs
+        for path in re.findall(
+            r"`((?:bench|docs|flows|schemas|sql|tasks|tests)/[\w./]+)`", doc.read_text()
+        )
+    }
+    assert named  # the pattern still finds the pointers
+    missing = sorted((doc, path) for doc, path in named if not (ROOT / path.rstrip("/")).exists())
+    assert not missing
