@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 import psycopg
+from psycopg import sql
 
 from tasks.db import copy_frame
 from tasks.match import STUDENT_ID, VALUE_COLUMNS
@@ -21,8 +22,10 @@ CREATE TEMP TABLE sync_delta (
     sed boolean, homeless boolean, foster boolean
 ) ON COMMIT DROP"""
 
-_ASSIGN = ", ".join(f"{c} = x.{c}" for c in VALUE_COLUMNS)
-_COLUMNS = ", ".join(VALUE_COLUMNS)
+_ASSIGN = sql.SQL(", ").join(
+    sql.SQL("{0} = x.{0}").format(sql.Identifier(c)) for c in VALUE_COLUMNS
+)
+_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, VALUE_COLUMNS))
 
 
 def apply_changes(
@@ -35,12 +38,16 @@ def apply_changes(
     copy_frame(cur, "sync_delta", delta.select(STUDENT_ID, "has_row", *VALUE_COLUMNS))
     cur.execute("ANALYZE sync_delta")
     cur.execute(
-        f"""UPDATE core.student_demographics d SET {_ASSIGN}, updated_at = now()
+        sql.SQL(
+            """UPDATE core.student_demographics d SET {}, updated_at = now()
             FROM sync_delta x WHERE x.has_row AND d.student_id = x.student_id"""
+        ).format(_ASSIGN)
     )
     cur.execute(
-        f"""INSERT INTO core.student_demographics (student_id, {_COLUMNS})
-            SELECT student_id, {_COLUMNS} FROM sync_delta WHERE NOT has_row"""
+        sql.SQL(
+            """INSERT INTO core.student_demographics (student_id, {0})
+            SELECT student_id, {0} FROM sync_delta WHERE NOT has_row"""
+        ).format(_COLUMNS)
     )
     copy_frame(
         cur,

@@ -173,8 +173,11 @@ def copy_frame(cur: psycopg.Cursor, table: str, frame: pl.DataFrame) -> None:
     """Bulk-load a frame into a (temporary) table with one COPY; nulls stay nulls."""
     buffer = io.BytesIO()
     frame.write_csv(buffer, include_header=False, null_value="")
-    columns = ", ".join(frame.columns)
-    with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        sql.Identifier(*table.split(".")),  # "schema.table" or a temporary table's name
+        sql.SQL(", ").join(map(sql.Identifier, frame.columns)),
+    )
+    with cur.copy(statement) as copy:
         view = buffer.getbuffer()
         step = 1 << 20
         for start in range(0, len(view), step):

@@ -38,14 +38,17 @@ def copy_students(conn: psycopg.Connection, district_id: int) -> bytes:
     """The district's active students with their stored values (flags as Y/N), as CSV bytes
     from one COPY. Mostly the server's work, so it can overlap validation in a thread;
     `parse_students` turns it into a frame afterwards, on the caller's thread."""
-    flag = "CASE WHEN d.{0} THEN 'Y' WHEN NOT d.{0} THEN 'N' END"
-    values = ", ".join(flag.format(c) if c in FLAG_COLUMNS else f"d.{c}" for c in VALUE_COLUMNS)
+    flag = sql.SQL("CASE WHEN {0} THEN 'Y' WHEN NOT {0} THEN 'N' END")
+    values = sql.SQL(", ").join(
+        flag.format(sql.Identifier("d", c)) if c in FLAG_COLUMNS else sql.Identifier("d", c)
+        for c in VALUE_COLUMNS
+    )
+    # COPY takes no parameters: the district's id goes in as a literal (an int, never text).
     query = sql.SQL(
-        "COPY (SELECT s.student_id, s.ssid, s.email, d.student_id IS NOT NULL, "
-        + values
-        + " FROM core.students s LEFT JOIN core.student_demographics d USING (student_id)"
+        "COPY (SELECT s.student_id, s.ssid, s.email, d.student_id IS NOT NULL, {}"
+        " FROM core.students s LEFT JOIN core.student_demographics d USING (student_id)"
         " WHERE s.district_id = {} AND s.active) TO STDOUT (FORMAT csv)"
-    ).format(sql.Literal(district_id))
+    ).format(values, sql.Literal(int(district_id)))
     buffer = io.BytesIO()
     with conn.cursor() as cur, cur.copy(query) as copy:
         for chunk in copy:

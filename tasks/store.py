@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, sql
 
 from schemas.districts import shown_code
 from tasks.errors import DemographicsError
@@ -123,8 +123,10 @@ def insert_run(cur: psycopg.Cursor, **values: Any) -> int:
         raise TypeError(f"unknown run fields: {sorted(unknown)}")
     names = list(values)
     row = cur.execute(
-        f"INSERT INTO core.sync_runs ({', '.join(names)}) "
-        f"VALUES ({', '.join(['%s'] * len(names))}) RETURNING run_id",
+        sql.SQL("INSERT INTO core.sync_runs ({}) VALUES ({}) RETURNING run_id").format(
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.SQL(", ").join(sql.Placeholder() * len(names)),
+        ),
         [values[n] for n in names],
     ).fetchone()
     assert row is not None
@@ -135,10 +137,13 @@ def update_run(cur: psycopg.Cursor, run_id: int, **values: Any) -> None:
     unknown = set(values) - set(RUN_COLUMNS)
     if unknown:
         raise TypeError(f"unknown run fields: {sorted(unknown)}")
-    assignments = ", ".join(f"{n} = %s" for n in values)
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(n), sql.Placeholder()) for n in values
+    )
     cur.execute(
-        f"UPDATE core.sync_runs SET {assignments}, finished_at = clock_timestamp() "
-        "WHERE run_id = %s",
+        sql.SQL(
+            "UPDATE core.sync_runs SET {}, finished_at = clock_timestamp() WHERE run_id = %s"
+        ).format(assignments),
         [*values.values(), run_id],
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 import psycopg
+from psycopg import sql
 
 from schemas.roster import STAFF_ROLES, RosterCounts, RosterResult
 from tasks.db import copy_frame
@@ -82,23 +83,27 @@ def _district_id(cur: psycopg.Cursor, district_code: str, sourced_id: str, name:
 def _load_entity(cur: psycopg.Cursor, district_id: int, entity: str) -> RosterCounts:
     """Upsert one kind of record from its temporary table; what is gone becomes inactive."""
     counts = RosterCounts()
-    target = _TABLE[entity]
+    target = sql.Identifier("core", entity)
     # Gone from the snapshot: inactive (never deleted).
     result = cur.execute(
-        f"""WITH gone AS (
-                UPDATE {target} t SET active = false, updated_at = now()
+        sql.SQL(
+            """WITH gone AS (
+                UPDATE {} t SET active = false, updated_at = now()
                 WHERE t.district_id = %(d)s AND t.active
-                  AND NOT EXISTS (SELECT 1 FROM r_{entity} r
+                  AND NOT EXISTS (SELECT 1 FROM {} r
                                   WHERE r.sourced_id = t.sourced_id)
                 RETURNING 1)
-            SELECT count(*) FROM gone""",
+            SELECT count(*) FROM gone"""
+        ).format(target, sql.Identifier(f"r_{entity}")),
         {"d": district_id},
     ).fetchone()
     counts.deactivated = result[0] if result else 0
     result = cur.execute(
-        f"""WITH up AS ({_UPSERTS[entity]})
+        sql.SQL(
+            """WITH up AS ({})
             SELECT count(*) FILTER (WHERE added), count(*) FILTER (WHERE NOT added)
-            FROM up""",
+            FROM up"""
+        ).format(sql.SQL(_UPSERTS[entity])),
         {"d": district_id},
     ).fetchone()
     assert result is not None
@@ -106,7 +111,7 @@ def _load_entity(cur: psycopg.Cursor, district_id: int, entity: str) -> RosterCo
     if entity == "staff":
         _load_staff_schools(cur, district_id)
     active = cur.execute(
-        f"SELECT count(*) FROM {target} WHERE district_id = %s AND active",
+        sql.SQL("SELECT count(*) FROM {} WHERE district_id = %s AND active").format(target),
         (district_id,),
     ).fetchone()
     counts.active = active[0] if active else 0
@@ -283,13 +288,6 @@ _UPSERTS = {
               IS DISTINCT FROM (excluded.class_id, excluded.role, excluded.student_id,
                                 excluded.staff_id, excluded.active)
         RETURNING (xmax = 0) AS added""",
-}
-_TABLE = {
-    "schools": "core.schools",
-    "students": "core.students",
-    "staff": "core.staff",
-    "classes": "core.classes",
-    "enrollments": "core.enrollments",
 }
 
 
