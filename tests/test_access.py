@@ -1323,7 +1323,7 @@ def test_what_a_non_owner_could_not_close_is_returned_for_the_owner(world: World
             assert {(s.run_as, s.statement) for s in done.owner_steps} == {
                 (
                     f"the owner of database {database}",
-                    f'REVOKE TEMPORARY ON DATABASE {quoted} FROM PUBLIC, "demographics_reporting";',
+                    f"REVOKE TEMPORARY ON DATABASE {quoted} FROM PUBLIC, demographics_reporting;",
                 ),
                 (f"the owner of database {database}", "REVOKE ALL ON SCHEMA public FROM PUBLIC;"),
                 ("a superuser", "REVOKE EXECUTE ON FUNCTION lo_create(oid) FROM PUBLIC;"),

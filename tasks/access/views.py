@@ -46,6 +46,9 @@ class AccessViews:
         return iter(self.applied)
 
 
+# The group's name is a constant of plain lowercase letters, which needs no quoting: the
+# statements print it as the README and an operator write it.
+_GROUP = sql.SQL(GROUP_ROLE)
 _LARGE_OBJECT_CREATORS = (
     "lo_create(oid)",
     "lo_creat(integer)",
@@ -118,7 +121,7 @@ def plan_owner_steps(privileges: Privileges) -> list[PlannedStep]:
 
 
 def _database_steps(p: Privileges) -> list[PlannedStep]:
-    db, group = sql.Identifier(p.database), sql.Identifier(GROUP_ROLE)
+    db, group = sql.Identifier(p.database), _GROUP
     owner = f"the owner of database {p.database}"
     steps: list[PlannedStep] = []
     if p.temp:
@@ -149,7 +152,7 @@ def _database_steps(p: Privileges) -> list[PlannedStep]:
 
 
 def _schema_steps(p: Privileges) -> list[PlannedStep]:
-    group = sql.Identifier(GROUP_ROLE)
+    group = _GROUP
     steps: list[PlannedStep] = []
     for schema in p.schemas:
         if schema == "public":
