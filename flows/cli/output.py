@@ -50,6 +50,8 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except DemographicsError as exc:
             fail(str(exc))
+        except typer.Exit:  # a command's own exit (fail among them) is not an error here
+            raise
         except Exception as exc:
             # Imported only on the way out: a command that never touches the database
             # does not load psycopg.
