@@ -26,7 +26,7 @@ from prefect.utilities.annotations import quote
 
 from tasks import process
 from tasks.drop import DropFile
-from tasks.errors import is_transient
+from tasks.errors import DemographicsError, is_transient
 from tasks.process import Refused
 from tasks.settings import load_settings
 
@@ -45,7 +45,7 @@ clean_staging = task(process.clean_staging, **PRIVATE)
 list_drop = task(process.list_drop, **PRIVATE)
 plan_drop = task(process.plan_drop, **PRIVATE)
 fetch_file = task(process.fetch_file, **PRIVATE)
-run_holding_file = task(process.run_holding_file, **PRIVATE)
+find_held_run = task(process.find_held_run, **PRIVATE)
 check_same_file = task(process.check_same_file, **PRIVATE)
 sync_file = task(process.sync_file, **PRIVATE)
 held_sync = task(process.held_sync, **PRIVATE)
@@ -74,15 +74,15 @@ mark_refusals_reported = task(process.mark_refusals_reported, **PRIVATE)
 FLOW_SETTINGS: dict[str, Any] = {"persist_result": False, "log_prints": False}
 
 
-class FileFailed(Exception):
+class FileFailed(DemographicsError):
     """The file's run failed; it is kept in the drop for the next run."""
 
 
-class DistrictFailed(Exception):
+class DistrictFailed(DemographicsError):
     """A district's drop could not be worked through; the message says which file and why."""
 
 
-class NightlyFailed(Exception):
+class NightlyFailed(DemographicsError):
     """One or more districts failed; the message names them."""
 
 
@@ -173,7 +173,7 @@ def process_file(
     if isinstance(fetched, Refused):
         return _refuse(fetched)
     if mode == "sync":
-        holding = run_holding_file(district, fetched.sha256)
+        holding = find_held_run(district, fetched.sha256)
         if holding is not None:
             log.info("%s is held by run %s, waiting for a data manager; kept", file_name, holding)
             return {"status": "held", "run_id": holding, "file": "kept"}
@@ -220,7 +220,8 @@ def sync_district_drop(district: str, requested_by: str | None = None) -> dict[s
     check_database()
     plan = plan_drop(district, list_drop(district))
     if plan.expired:
-        _notify(district, process.expiry_notice(expire_files(district, plan.expired, by)))
+        deleted = expire_files(district, plan.expired, by)
+        _notify(district, process.expiry_notice(deleted, load_settings().retention_days))
     for big in plan.too_large:
         run_id, notice = reject_unread(district, big, by)
         _notify(district, notice, run_id)

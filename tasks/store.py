@@ -301,7 +301,7 @@ def held_run(conn: psycopg.Connection, run_id: int) -> HeldRun:
     return HeldRun(run_id, code, name, sha)
 
 
-def waiting_hold(conn: psycopg.Connection, district_id: int, sha: str) -> int | None:
+def unresolved_hold(conn: psycopg.Connection, district_id: int, sha: str) -> int | None:
     """The latest held run of this exact file (same SHA-256) still waiting for a decision."""
     row = conn.execute(
         """SELECT run_id FROM core.sync_runs

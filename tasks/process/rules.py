@@ -13,7 +13,6 @@ from typing import Literal
 
 from tasks import store
 from tasks.drop import DropFile, DropListing, FetchedFile, RefusedEntry
-from tasks.settings import load_settings
 
 # Outcomes after which the source file has done its job: the result is committed and
 # recorded, and a fixed file comes back under a new upload.
@@ -139,12 +138,11 @@ class Notice:
     lines: list[str]
 
 
-def expiry_notice(names: list[str]) -> Notice:
-    retention = load_settings().retention_days
+def expiry_notice(names: list[str], retention_days: float) -> Notice:
     return Notice(
         f"{len(names)} old files deleted from the drop",
         [
-            f"These files were in the drop for more than {retention:g} days and were deleted "
+            f"These files were in the drop for more than {retention_days:g} days and were deleted "
             "without being synced (a held sync among them is discarded):",
             *names,
             "Upload a file again if it is still needed.",

@@ -117,12 +117,12 @@ def fetch_file(district: str, name: str) -> FetchedFile | Refused | None:
 
 
 @safe_step
-def run_holding_file(district: str, sha256: str) -> int | None:
+def find_held_run(district: str, sha256: str) -> int | None:
     """The held run of this very file (same SHA-256) still waiting for a data manager, if
     any: a sync of the file would only hold it again."""
     with _database() as conn:
         found = store.get_district(conn, district)
-        return store.waiting_hold(conn, found.district_id, sha256)
+        return store.unresolved_hold(conn, found.district_id, sha256)
 
 
 @safe_step
