@@ -231,34 +231,29 @@ def apply_views_and_grants() -> access.AccessViews:
 # --- email ---------------------------------------------------------------------------------
 
 
-def _addressees(conn: psycopg.Connection, district: str) -> tuple[store.District, tuple[str, ...]]:
-    """The district's notification list when it has one; else its data managers."""
-    found = store.get_district(conn, district)
-    return found, found.recipients or access.manager_emails(conn, found.district_id)
+def _addressed(district: str) -> tuple[store.District, tuple[str, ...], str]:
+    """The district, its notification list when it has one (else its data managers), and
+    the sender address: what every message to a district needs."""
+    settings = load_settings()
+    with _database(settings) as conn:
+        found = store.get_district(conn, district)
+        recipients = found.recipients or access.manager_emails(conn, found.district_id)
+    return found, recipients, settings.mail_from
 
 
 @safe_step
 def results_message(district: str, outcome: SyncOutcome) -> EmailMessage:
-    settings = load_settings()
-    with _database(settings) as conn:
-        found, recipients = _addressees(conn, district)
+    found, recipients, sender = _addressed(district)
     return build_results_message(
-        found.code,
-        found.name,
-        outcome.report,
-        outcome.message,
-        recipients,
-        settings.mail_from,
+        found.code, found.name, outcome.report, outcome.message, recipients, sender
     )
 
 
 @safe_step
 def notice_message(district: str, notice: Notice) -> EmailMessage:
-    settings = load_settings()
-    with _database(settings) as conn:
-        found, recipients = _addressees(conn, district)
+    found, recipients, sender = _addressed(district)
     return build_notice_message(
-        found.code, found.name, notice.subject, notice.lines, recipients, settings.mail_from
+        found.code, found.name, notice.subject, notice.lines, recipients, sender
     )
 
 
