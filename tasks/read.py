@@ -227,8 +227,15 @@ def _detect_delimiter(header_line: bytes) -> str:
     return ","
 
 
+# polars decompresses input that starts like a gzip, zlib or zstd stream; text may start so
+# too ("x^..." is a zlib header), and must be read as the text it is.
+_COMPRESSED_STARTS = (b"\x1f\x8b", b"x\x01", b"x^", b"x\x9c", b"x\xda", b"\x28\xb5\x2f\xfd")
+
+
 def _records_fast(body: bytes, delimiter: str) -> tuple[list[str], pl.DataFrame, int] | None:
     """Header and records via polars; None when the strict reader must decide."""
+    if body.startswith(_COMPRESSED_STARTS):
+        return None
     try:
         lines = pl.read_csv(
             body,
@@ -254,7 +261,7 @@ def _records_fast(body: bytes, delimiter: str) -> tuple[list[str], pl.DataFrame,
             schema={column_key(i): pl.String for i in range(width)},
             missing_columns="insert",
         )
-    except pl.exceptions.PolarsError:
+    except (pl.exceptions.PolarsError, OSError):  # OSError: polars' own decompression
         return None
     if values.height != field_counts.len() or values.width != width:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import HEADER, codes, issues_with, report_of, row, validate_file
 
-from tasks.read import read_demographics
+from tasks.read import ROW, column_key, read_demographics
 
 
 def test_leading_zeros_and_every_value_stay_text() -> None:
@@ -203,3 +203,11 @@ def test_file_info_describes_the_bytes() -> None:
     assert parsed.info.sha256 == hashlib.sha256(content).hexdigest()
     assert parsed.info.bytes == len(content)
     assert parsed.info.name == "x.csv"
+
+
+def test_a_file_that_starts_like_a_compressed_stream_is_read_as_its_text() -> None:
+    # "x^" opens a zlib stream, to polars: it must not try to inflate the file.
+    parsed = read_demographics(b"x^,SSID,gender\n1,0012345678,F\n2,0023456789,M\n", "odd.csv")
+    assert parsed.header == ["x^", "SSID", "gender"]
+    assert parsed.records[column_key(1)].to_list() == ["0012345678", "0023456789"]
+    assert parsed.records[ROW].to_list() == [2, 3]
