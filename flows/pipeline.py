@@ -17,10 +17,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture
-from prefect.states import Failed, State
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
@@ -28,7 +29,16 @@ from tasks import process
 from tasks.drop import DropFile
 from tasks.errors import DemographicsError, is_transient
 from tasks.process import Refused
+from tasks.process.outcome import (
+    NOTHING_TO_DO,
+    STATE_NAMES,
+    artifact_key,
+    outcome_line,
+    outcome_markdown,
+    state_name,
+)
 from tasks.settings import load_settings
+from tasks.sync import SyncOutcome
 
 # --- task settings, in one place ---------------------------------------------------------
 
@@ -156,9 +166,11 @@ def process_file(
     file_name: str,
     mode: Literal["preview", "sync"] = "sync",
     requested_by: str | None = None,
-) -> dict[str, Any] | State:
+) -> State:
     """Fetch one file from the district's drop, preview or sync it, email the results, and
     delete the file once its outcome is committed (kept when held, previewed or failed).
+    The run ends in a state named for the outcome (Succeeded, Rejected, Held, Previewed,
+    Already applied, Nothing to do) and publishes it as the district's artifact.
     Refused: an unknown district, an unsafe name, a file that may still be uploading."""
     log = get_run_logger()
     by = _requester(requested_by)
@@ -169,45 +181,62 @@ def process_file(
     fetched = fetch_file(district, file_name)
     if fetched is None:
         log.info("%s is no longer in the drop; nothing to do", file_name)
-        return {"status": "gone", "file": "gone"}
+        return _ended(NOTHING_TO_DO, f"{file_name} is no longer in the drop", file="gone")
     if isinstance(fetched, Refused):
         return _refuse(fetched)
     if mode == "sync":
         holding = find_held_run(district, fetched.sha256)
         if holding is not None:
             log.info("%s is held by run %s, waiting for a data manager; kept", file_name, holding)
-            return {"status": "held", "run_id": holding, "file": "kept"}
+            said = f"{file_name} is held by run {holding}, waiting for a data manager"
+            return _ended(STATE_NAMES["held"], said, status="held", run_id=holding, file="kept")
     source = process.source_of(fetched)
     outcome = sync_file(district, quote(fetched), mode, by)
     del fetched
     if isinstance(outcome, Refused):
         return _refuse(outcome)
     block = outcome.report.sync
-    log.info(
-        "%s: %s (run %s): matched %s, updated %s, unchanged %s, unmatched %s",
-        file_name,
-        block.status,
-        block.run_id,
-        block.matched,
-        block.updated,
-        block.unchanged,
-        block.unmatched,
-    )
+    # The file's own run says what became of it: outcome, counts, reason, the error rows.
+    log.info("%s", outcome_line(file_name, outcome))
     # The outcome is committed: from here on nothing fails the run except the outcome itself.
     emailed = _email(lambda: results_message(district, quote(outcome)), outcome.run_id)
     settled = _settle(district, source, outcome.status, outcome.run_id)
     log.info("%s: %s", file_name, emailed)
+    _publish(district, file_name, outcome)
     if outcome.status == "failed":
         raise FileFailed(f"{file_name}: {outcome.message}; the file is kept for the next run")
-    return {
-        "status": outcome.status,
-        "run_id": outcome.run_id,
-        "matched": block.matched,
-        "updated": block.updated,
-        "unmatched": block.unmatched,
-        "errors": outcome.report.summary.errors,
-        "file": settled,
-    }
+    return _ended(
+        state_name(outcome),
+        f"{file_name}: {outcome.message}",
+        status=outcome.status,
+        run_id=outcome.run_id,
+        matched=block.matched,
+        updated=block.updated,
+        unmatched=block.unmatched,
+        errors=outcome.report.summary.errors,
+        file=settled,
+    )
+
+
+def _ended(name: str, message: str, **result: Any) -> State:
+    """A Completed state named for the outcome, so the run list in the UI says what became
+    of each file; the result stays in memory for a parent flow in this process."""
+    return Completed(name=name, message=message, data=result)
+
+
+def _publish(district: str, file_name: str, outcome: SyncOutcome) -> None:
+    """The outcome as a markdown artifact keyed by district; a failure to publish it is
+    logged, never a failed run (the outcome is committed)."""
+    context = get_run_context()
+    run = getattr(getattr(context, "flow_run", None), "id", None)
+    try:
+        create_markdown_artifact(
+            markdown=outcome_markdown(district, file_name, outcome, str(run)),
+            key=artifact_key(district),
+            description=f"{state_name(outcome)}: the latest file of district {district}",
+        )
+    except Exception as exc:  # the API may be away; the run's outcome stands
+        get_run_logger().warning("the outcome artifact was not published (%s)", type(exc).__name__)
 
 
 @flow(name="sync-district-drop", **FLOW_SETTINGS)

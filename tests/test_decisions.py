@@ -299,3 +299,10 @@ def test_matching_feeds_the_hold() -> None:
     checked, result = match("0000000001,,M,,", "0000000004,,F,,")  # both overwrite: 2 of 2
     out = decide(checked, result, **LIMITS, mode="sync")  # type: ignore[arg-type]
     assert (out.action, out.block.updated) == ("hold", 2)
+
+
+def test_artifact_keys_are_what_prefect_accepts_one_per_district() -> None:
+    from tasks.process.outcome import artifact_key
+
+    assert artifact_key("maple-valley") == "demographics-maple-valley"
+    assert artifact_key("North_County.2") == "demographics-north-county-2"

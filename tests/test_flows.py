@@ -525,6 +525,71 @@ def test_the_apply_access_views_flow_can_run_at_any_time(product: Product) -> No
         assert ("demographics_reporting",) in grantees
 
 
+# --- the outcome where the run was started ----------------------------------------------
+
+
+def file_run_logs(state: State) -> list[str]:
+    """The log lines of one flow run, as its run page in the UI shows them."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    return [entry.message for entry in logs]
+
+
+def latest_artifact(key: str) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=50
+        )
+    assert found, f"no artifact keyed {key}"
+    return str(max(found, key=lambda a: a.created).data)
+
+
+def test_each_file_run_ends_named_for_its_outcome_with_its_artifact_and_line(
+    product: Product,
+) -> None:
+    p = product
+    set_limits(p.url, "d1", error=0.9)
+    good = csv_bytes([line(ssid="0000000001", gender="F"), line(ssid="0000000002", gender="Q")])
+    p.put("d1", "good.csv", good)
+    p.put("d2", "bad.csv", b"SSID,SSID,email\n0000000005,0000000005,eve@students.example.org\n")
+
+    succeeded = process_file("d1", "good.csv", return_state=True)
+    rejected = process_file("d2", "bad.csv", return_state=True)
+
+    assert (succeeded.type.value, succeeded.name) == ("COMPLETED", "Succeeded")
+    assert (rejected.type.value, rejected.name) == ("COMPLETED", "Rejected")
+    assert succeeded.result()["status"] == "succeeded"  # a parent flow still reads it
+    line_of_good = [m for m in file_run_logs(succeeded) if m.startswith("good.csv: Succeeded")]
+    assert len(line_of_good) == 1 and "; error rows 3" in line_of_good[0]
+    reason = [m for m in file_run_logs(rejected) if m.startswith("bad.csv: Rejected")]
+    assert len(reason) == 1 and "not applied" in reason[0] and "duplicate_column 1" in reason[0]
+
+    d1 = latest_artifact("demographics-d1")
+    assert d1.startswith("## good.csv: Succeeded\n")
+    assert "| 2 | 1 | 0 | 1 | 1 | 0 | 0 |" in d1  # rows, errors, warnings, matched, updated...
+    assert "| invalid_gender | error | 1 |" in d1 or "| error | 1 |" in d1
+    assert "**What to do next**" in d1 and str(succeeded.state_details.flow_run_id) in d1
+    assert "0000000001" not in d1 and "Q" not in d1.split("**What to do next**")[0].split("|")
+    assert latest_artifact("demographics-d2").startswith("## bad.csv: Rejected\n")
+
+    p.put("d1", "again.csv", good)  # the same bytes again
+    again = process_file("d1", "again.csv", return_state=True)
+    assert again.name == "Already applied"
+    p.put("d1", "same-values.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
+    assert process_file("d1", "same-values.csv", return_state=True).name == "Nothing to do"
+    p.put("d1", "peek.csv", csv_bytes([line(ssid="0000000002", gender="M")]))
+    assert process_file("d1", "peek.csv", "preview", return_state=True).name == "Previewed"
+    assert latest_artifact("demographics-d1").startswith("## peek.csv: Previewed\n")
+
+
 # --- privacy -------------------------------------------------------------------------------
 
 
@@ -568,6 +633,8 @@ def test_nothing_prefect_stores_holds_a_student_value(
 
     files = stored_files([prefect_api, PREFECT_HOME])
     assert any(f.suffix == ".db" for f in files)  # the API's database is among them
+    # ...and in it the outcome artifacts and their events, which are searched with the rest
+    assert latest_artifact("demographics-d1") and latest_artifact("demographics-d2")
     found = [
         (f.name, s, data[max(0, data.index(s.encode()) - 80) : data.index(s.encode()) + 40])
         for f in files
