@@ -13,7 +13,9 @@ Failed state whose message is the one-line reason.
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -105,13 +107,35 @@ def _refuse(refused: Refused) -> State:
     return Failed(message=refused.reason, name=REFUSED)
 
 
-def _requester(requested_by: str | None) -> str:
-    if requested_by:
-        return requested_by
+# Who started a run is taken from the run, never typed into the run form: a flow that runs
+# others in this process (nightly, a district's drop) lends them its own for their records.
+_STARTED_BY: ContextVar[str | None] = ContextVar("demographics_started_by", default=None)
+
+
+def _requester() -> str:
+    """Who started this run, as the run records say it: the run that started it in this
+    process, else the user or automation Prefect recorded, else this flow run by name."""
+    lent = _STARTED_BY.get()
+    if lent:
+        return lent
     context = get_run_context()
-    name = getattr(getattr(context, "flow_run", None), "name", None)
+    run = getattr(context, "flow_run", None)
     flow_name = getattr(getattr(context, "flow", None), "name", "flow")
-    return f"prefect:{flow_name}" + (f"/{name}" if name else "")
+    who = f"prefect:{flow_name}" + (f"/{run.name}" if getattr(run, "name", None) else "")
+    created = getattr(run, "created_by", None)
+    if created is not None and getattr(created, "display_value", None):
+        who += f" ({str(created.type).lower()} {created.display_value})"
+    return who
+
+
+@contextmanager
+def _lending(who: str) -> Iterator[None]:
+    """The runs started inside (in this process, threads included) are requested by `who`."""
+    token = _STARTED_BY.set(who)
+    try:
+        yield
+    finally:
+        _STARTED_BY.reset(token)
 
 
 def _smtp_password() -> str | None:
@@ -165,15 +189,21 @@ def process_file(
     district: str,
     file_name: str,
     mode: Literal["preview", "sync"] = "sync",
-    requested_by: str | None = None,
 ) -> State:
     """Fetch one file from the district's drop, preview or sync it, email the results, and
     delete the file once its outcome is committed (kept when held, previewed or failed).
     The run ends in a state named for the outcome (Succeeded, Rejected, Held, Previewed,
     Already applied, Nothing to do) and publishes it as the district's artifact.
-    Refused: an unknown district, an unsafe name, a file that may still be uploading."""
+    Refused: an unknown district, an unsafe name, a file that may still be uploading.
+
+    Args:
+        district: The district's code, as its drop folder is named.
+        file_name: The file's name in the district's drop folder.
+        mode: sync applies the file; preview checks and matches it, writes nothing but
+            the run record, and keeps the file.
+    """
     log = get_run_logger()
-    by = _requester(requested_by)
+    by = _requester()
     check_database()
     refused = check_file_request(district, file_name)
     if refused is not None:
@@ -181,7 +211,9 @@ def process_file(
     fetched = fetch_file(district, file_name)
     if fetched is None:
         log.info("%s is no longer in the drop; nothing to do", file_name)
-        return _ended(NOTHING_TO_DO, f"{file_name} is no longer in the drop", file="gone")
+        return _ended(
+            NOTHING_TO_DO, f"{file_name} is no longer in the drop", status="gone", file="gone"
+        )
     if isinstance(fetched, Refused):
         return _refuse(fetched)
     if mode == "sync":
@@ -240,12 +272,16 @@ def _publish(district: str, file_name: str, outcome: SyncOutcome) -> None:
 
 
 @flow(name="sync-district-drop", **FLOW_SETTINGS)
-def sync_district_drop(district: str, requested_by: str | None = None) -> dict[str, Any]:
+def sync_district_drop(district: str) -> dict[str, Any]:
     """Every ready file of one district, oldest first. Files past retention are deleted, files
     too large are rejected unread, and the first failed file stops the district: a later file
-    must not be applied before an earlier one."""
+    must not be applied before an earlier one.
+
+    Args:
+        district: The district's code, as its drop folder is named.
+    """
     log = get_run_logger()
-    by = _requester(requested_by)
+    by = _requester()
     check_database()
     plan = plan_drop(district, list_drop(district))
     if plan.expired:
@@ -264,7 +300,8 @@ def sync_district_drop(district: str, requested_by: str | None = None) -> dict[s
         log.info("%s files are still settling; they wait for the next run", len(plan.settling))
     done: list[dict[str, Any]] = []
     for position, ready in enumerate(plan.ready):
-        state: State = process_file(district, ready.name, "sync", by, return_state=True)
+        with _lending(by):
+            state: State = process_file(district, ready.name, "sync", return_state=True)
         waiting = len(plan.ready) - position - 1
         if state.is_failed() and state.name == REFUSED:
             # e.g. uploaded again since the listing: it and the files after it wait, in order
@@ -289,7 +326,8 @@ def sync_district_drop(district: str, requested_by: str | None = None) -> dict[s
 def run_district_flow(district: str, requested_by: str) -> dict[str, Any]:
     """One district's sync-district-drop flow, as a task: the nightly flow's task runner runs
     several at once."""
-    return sync_district_drop(district, requested_by)
+    with _lending(requested_by):
+        return sync_district_drop(district)
 
 
 def _each_district(districts: list[str], by: str, at_once: int) -> list[str]:
@@ -315,10 +353,10 @@ def _each_district(districts: list[str], by: str, at_once: int) -> list[str]:
 # Threads as needed: _each_district bounds how many districts run at once, from the settings
 # as the run starts (not as this module loads, so a bad setting fails a run, not the import).
 @flow(name="nightly-sync", task_runner=ThreadPoolTaskRunner(), **FLOW_SETTINGS)
-def nightly_sync(requested_by: str | None = None) -> dict[str, Any]:
+def nightly_sync() -> dict[str, Any]:
     """Every active district's drop, several districts at once; one district's failure never
     stops the others, and the run ends failed naming the districts that failed."""
-    by = _requester(requested_by)
+    by = _requester()
     check_database()
     clean_staging()
     districts = active_districts()
@@ -336,7 +374,12 @@ def nightly_sync(requested_by: str | None = None) -> dict[str, Any]:
 def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any] | State:
     """Apply the held file, checked to be the same file by SHA-256, then delete it. Only a
     data manager of the district (`approved_by`, their email) may approve. Refused: no such
-    held run, already decided, not a data manager, the file gone or replaced."""
+    held run, already decided, not a data manager, the file gone or replaced.
+
+    Args:
+        run_id: The held sync's run id, as its email and `demographics runs` give it.
+        approved_by: Your email: a data manager of the run's district.
+    """
     log = get_run_logger()
     check_database()
     held = held_sync(run_id)
@@ -354,7 +397,7 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any] | State:
     if refused is not None:
         return _refuse(refused)
     source = process.source_of(fetched)
-    outcome = sync_file(held.district, quote(fetched), "sync", _requester(None), approved_by)
+    outcome = sync_file(held.district, quote(fetched), "sync", _requester(), approved_by)
     del fetched
     if isinstance(outcome, Refused):
         return _refuse(outcome)
@@ -376,9 +419,14 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any] | State:
 @flow(name="discard-held-sync", **FLOW_SETTINGS)
 def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any] | State:
     """Record a data manager's decision, then delete the held file if the drop still has that
-    very file. Refused: no such held run, already decided, not a data manager."""
+    very file. Refused: no such held run, already decided, not a data manager.
+
+    Args:
+        run_id: The held sync's run id, as its email and `demographics runs` give it.
+        discarded_by: Your email: a data manager of the run's district.
+    """
     check_database()
-    decided = discard_held(run_id, discarded_by, _requester(None))
+    decided = discard_held(run_id, discarded_by, _requester())
     if isinstance(decided, Refused):
         return _refuse(decided)
     held, manager = decided
@@ -406,7 +454,14 @@ def change_teacher_fields(
 ) -> dict[str, Any] | State:
     """A data manager (`changed_by`, their email) sets the demographic fields teachers see;
     an empty list means none (teachers then see no rows). Applies to the next query.
-    Refused: not a data manager, a name that is not a demographic field, an unknown district."""
+    Refused: not a data manager, a name that is not a demographic field, an unknown district.
+
+    Args:
+        district: The district's code.
+        fields: The demographic fields teachers see, e.g. gender, english_learner; an empty
+            list for none.
+        changed_by: Your email: a data manager of the district.
+    """
     now = set_teacher_fields(district, fields, changed_by)
     if isinstance(now, Refused):
         return _refuse(now)

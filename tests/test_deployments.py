@@ -110,3 +110,13 @@ def test_what_only_a_work_pool_uses_is_left_out(tmp_path: Path) -> None:
 def test_an_unreadable_file_is_refused_in_words(tmp_path: Path) -> None:
     with pytest.raises(DeploymentsInvalid, match=r"cannot read .*missing\.yaml \("):
         deployments(tmp_path / "missing.yaml")
+
+
+def test_every_parameter_of_the_run_form_is_described_and_none_asks_who_you_are() -> None:
+    """The UI's run form shows each parameter's description; who started a run is taken from
+    the run (its name and what Prefect recorded), not typed by the person starting it."""
+    for served in deployments():
+        properties = served._parameter_openapi_schema.properties
+        assert "requested_by" not in properties, served.name
+        for name, schema in properties.items():
+            assert len(schema.get("description") or "") > 15, (served.name, name)

@@ -265,8 +265,8 @@ def test_a_file_asked_for_by_name_is_refused_while_it_may_still_be_uploading(
 
     assert state.is_failed() and "may still be uploading" in (state.message or "")
     assert p.remote("d1") == ["now.csv"] and runs(p.url) == []
-    gone = process_file("d1", "never-there.csv")
-    assert gone == {"status": "gone", "file": "gone"}
+    gone = process_file("d1", "never-there.csv", return_state=True)
+    assert gone.name == "Nothing to do" and gone.result() == {"status": "gone", "file": "gone"}
 
 
 def test_only_the_file_that_was_read_is_deleted(product: Product) -> None:
