@@ -197,6 +197,9 @@ def test_the_embedded_server_starts_tuned_stays_up_and_stops(
             major = conn.execute("SHOW server_version_num").fetchone()
         assert {"demographics", "prefect"} <= names
         assert major is not None and int(major[0]) // 10000 == 18
+        prefect_url = cli("db", "prefect-url").output.strip()
+        socket_dir = str(tmp_path / "home" / "pgdata")
+        assert prefect_url == f"postgresql+asyncpg://postgres@/prefect?host={socket_dir}"
     finally:
         assert cli("db", "stop").output.strip() == "stopped the embedded server"
     with pytest.raises(psycopg.OperationalError):

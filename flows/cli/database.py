@@ -27,6 +27,20 @@ def db_url() -> None:
     typer.echo(database_url())
 
 
+@db_app.command("prefect-url")
+@one_line_errors
+def db_prefect_url() -> None:
+    """Print the URL of Prefect's own database on the embedded server, starting it if needed.
+
+    So `PREFECT_API_DATABASE_CONNECTION_URL="$(demographics db prefect-url)" prefect server
+    start` keeps Prefect on PostgreSQL, beside the project's database.
+    """
+    from tasks.db import embedded_prefect_url
+    from tasks.settings import load_settings
+
+    typer.echo(embedded_prefect_url(load_settings().pgdata))
+
+
 @db_app.command("upgrade")
 @one_line_errors
 def db_upgrade() -> None:
