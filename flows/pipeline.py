@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture
@@ -32,9 +32,12 @@ from tasks.drop import DropFile
 from tasks.errors import DemographicsError, is_transient
 from tasks.process import Refused
 from tasks.process.outcome import (
+    NIGHTLY_ARTIFACT,
     NOTHING_TO_DO,
     STATE_NAMES,
     artifact_key,
+    district_totals,
+    nightly_rows,
     outcome_line,
     outcome_markdown,
     state_name,
@@ -317,9 +320,9 @@ def sync_district_drop(district: str) -> dict[str, Any]:
                 f"district {district}: {ready.name} failed ({state.message}); it and the "
                 f"{waiting} files after it wait for the next run"
             )
-        done.append(state.result())
+        done.append({**state.result(), "outcome": state.name})
     log.info("district %s: %s files processed", district, len(done))
-    return {"district": district, "files": len(done), "settling": len(plan.settling)}
+    return {"district": district, "settling": len(plan.settling), **district_totals(done)}
 
 
 @task(**PRIVATE)
@@ -330,13 +333,17 @@ def run_district_flow(district: str, requested_by: str) -> dict[str, Any]:
         return sync_district_drop(district)
 
 
-def _each_district(districts: list[str], by: str, at_once: int) -> list[str]:
+def _each_district(
+    districts: list[str], by: str, at_once: int
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Every district's drop as its own task, at most `at_once` at a time: the next district
-    starts as soon as any one ends. Returns the districts that failed, in their order."""
+    starts as soon as any one ends. Returns the districts that failed, in their order, and
+    what each district that ended returned."""
     finished: queue.SimpleQueue[str] = queue.SimpleQueue()
     waiting = list(districts)
     running: dict[str, PrefectFuture[dict[str, Any]]] = {}
     failed: set[str] = set()
+    ended: dict[str, dict[str, Any]] = {}
     while waiting or running:
         while waiting and len(running) < at_once:
             code = waiting.pop(0)
@@ -347,7 +354,9 @@ def _each_district(districts: list[str], by: str, at_once: int) -> list[str]:
         future.wait()
         if future.state.is_failed():
             failed.add(code)
-    return [code for code in districts if code in failed]
+        else:
+            ended[code] = future.result()
+    return [code for code in districts if code in failed], ended
 
 
 # Threads as needed: _each_district bounds how many districts run at once, from the settings
@@ -360,7 +369,8 @@ def nightly_sync() -> dict[str, Any]:
     check_database()
     clean_staging()
     districts = active_districts()
-    failed = _each_district(districts, by, load_settings().district_concurrency)
+    failed, ended = _each_district(districts, by, load_settings().district_concurrency)
+    _publish_nightly(nightly_rows(districts, ended, failed), len(failed))
     if failed:
         raise NightlyFailed(
             f"{len(failed)} of {len(districts)} districts failed: {', '.join(failed)} "
@@ -368,6 +378,18 @@ def nightly_sync() -> dict[str, Any]:
         )
     get_run_logger().info("%s districts synced", len(districts))
     return {"districts": len(districts)}
+
+
+def _publish_nightly(rows: list[dict[str, Any]], failed: int) -> None:
+    """One row per district as a table artifact; never a failed run for it."""
+    try:
+        create_table_artifact(
+            table=rows,
+            key=NIGHTLY_ARTIFACT,
+            description=f"{len(rows)} districts, {failed} failed: files and outcomes",
+        )
+    except Exception as exc:  # the API may be away; the districts' outcomes stand
+        get_run_logger().warning("the nightly artifact was not published (%s)", type(exc).__name__)
 
 
 @flow(name="approve-held-sync", **FLOW_SETTINGS)

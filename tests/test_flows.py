@@ -92,6 +92,31 @@ def test_nightly_syncs_two_districts_emails_their_managers_and_empties_the_drop(
     assert "succeeded" in text and "<table" in html and 'style="' in html
     assert [a.get_filename() for a in attachments] == ["issues.csv"]
     assert all(r.tls for r in p.smtp.received)  # STARTTLS, verified against the test CA
+    import json
+
+    table = json.loads(latest_artifact("nightly-demographics"))
+    assert table == [
+        {
+            "district": "d1",
+            "run": "ok",
+            "files": 2,
+            "outcomes": "2 Succeeded",
+            "matched": 2,
+            "updated": 2,
+            "unmatched": 0,
+            "errors": 0,
+        },
+        {
+            "district": "d2",
+            "run": "ok",
+            "files": 1,
+            "outcomes": "1 Succeeded",
+            "matched": 1,
+            "updated": 1,
+            "unmatched": 0,
+            "errors": 0,
+        },
+    ]
 
 
 def test_the_results_email_escapes_html_and_neutralises_formulas(product: Product) -> None:
@@ -394,6 +419,10 @@ def test_a_failed_apply_keeps_the_file_and_one_district_never_stops_another(
     assert [r["file_name"] for r in failed] == ["first.csv"]
     assert failed[0]["email_status"] == "sent"
     assert "sync failed" in p.mail_to("d2")[0]["Subject"]
+    import json
+
+    table = {r["district"]: r for r in json.loads(latest_artifact("nightly-demographics"))}
+    assert table["d2"]["run"].startswith("failed") and table["d1"]["outcomes"] == "1 Succeeded"
 
 
 # --- held syncs ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Prefect and shown to every user of its UI).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import polars as pl
 
@@ -24,6 +25,8 @@ STATE_NAMES = {
 ALREADY_APPLIED = "Already applied"
 NOTHING_TO_DO = "Nothing to do"
 ARTIFACT_PREFIX = "demographics-"
+NIGHTLY_ARTIFACT = "nightly-demographics"
+COUNTED = ("matched", "updated", "unmatched", "errors")
 ERROR_ROWS_SHOWN = 20
 
 
@@ -106,3 +109,34 @@ def outcome_markdown(district: str, file_name: str, outcome: SyncOutcome, flow_r
     lines += [f"- {_cell(step)}" for step in next_steps(district, report)]
     lines += ["", f"District `{_cell(district)}` · sync run {block.run_id} · flow run {flow_run}"]
     return "\n".join(lines) + "\n"
+
+
+def district_totals(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """A district's files summed: how many, how many of each outcome, and the counts."""
+    outcomes: dict[str, int] = {}
+    for done in files:
+        outcomes[done["outcome"]] = outcomes.get(done["outcome"], 0) + 1
+    totals = {key: sum(int(done.get(key) or 0) for done in files) for key in COUNTED}
+    return {"files": len(files), "outcomes": outcomes, **totals}
+
+
+def nightly_rows(
+    districts: list[str], ended: dict[str, dict[str, Any]], failed: list[str]
+) -> list[dict[str, Any]]:
+    """The nightly table: one row per district, in order; a failed district says so and
+    points at its own run for why."""
+    rows = []
+    for code in districts:
+        done = ended.get(code, {})
+        outcomes = done.get("outcomes", {})
+        rows.append(
+            {
+                "district": code,
+                "run": "failed (its sync-district-drop run says why)" if code in failed else "ok",
+                "files": done.get("files", 0),
+                "outcomes": ", ".join(f"{n} {name}" for name, n in sorted(outcomes.items()))
+                or "no file",
+                **{key: done.get(key, 0) for key in COUNTED},
+            }
+        )
+    return rows
