@@ -202,10 +202,18 @@ def write_roster(
 def prefect_api() -> Iterator[Path]:
     """A real Prefect API (the test harness: a local server on a temporary SQLite database).
     Yields the folder holding everything Prefect stored: its database and PREFECT_HOME."""
-    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # No heartbeat thread in the tests' own flow runs: each run's end joins it, which costs
+    # up to a second per run (it sleeps in 1 s steps), and nothing here watches heartbeats.
+    # Flow runs in processes of their own (serve, workers) keep Prefect's default.
+    no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with prefect_test_harness(server_startup_timeout=60), no_heartbeats:
         url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
         yield Path(url.split("///", 1)[1]).parent
     shutil.rmtree(PREFECT_HOME, ignore_errors=True)

@@ -557,17 +557,24 @@ def test_the_apply_access_views_flow_can_run_at_any_time(product: Product) -> No
 # --- the outcome where the run was started ----------------------------------------------
 
 
-def file_run_logs(state: State) -> list[str]:
-    """The log lines of one flow run, as its run page in the UI shows them."""
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+def file_run_logs(state: State, wanted: str) -> list[str]:
+    """The log lines of one flow run that start with `wanted`, as its run page shows them.
+    Logs reach the API in batches: flush them, then read until the line is there (10 s)."""
+    import time
 
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(
-                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            )
-        )
-    return [entry.message for entry in logs]
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    found: list[str] = []
+    for _ in range(50):
+        with get_client(sync_client=True) as client:
+            found = [e.message for e in client.read_logs(log_filter=run)]
+        if any(m.startswith(wanted) for m in found):
+            break
+        time.sleep(0.2)
+    return [m for m in found if m.startswith(wanted)]
 
 
 def latest_artifact(key: str) -> str:
@@ -596,9 +603,9 @@ def test_each_file_run_ends_named_for_its_outcome_with_its_artifact_and_line(
     assert (succeeded.type.value, succeeded.name) == ("COMPLETED", "Succeeded")
     assert (rejected.type.value, rejected.name) == ("COMPLETED", "Rejected")
     assert succeeded.result()["status"] == "succeeded"  # a parent flow still reads it
-    line_of_good = [m for m in file_run_logs(succeeded) if m.startswith("good.csv: Succeeded")]
+    line_of_good = file_run_logs(succeeded, "good.csv: Succeeded")
     assert len(line_of_good) == 1 and "; error rows 3" in line_of_good[0]
-    reason = [m for m in file_run_logs(rejected) if m.startswith("bad.csv: Rejected")]
+    reason = file_run_logs(rejected, "bad.csv: Rejected")
     assert len(reason) == 1 and "not applied" in reason[0] and "duplicate_column 1" in reason[0]
 
     d1 = latest_artifact("demographics-d1")
