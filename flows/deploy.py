@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import yaml
 from prefect import Flow
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 from prefect.schedules import Cron
@@ -152,6 +153,7 @@ class Stopped:
     signal: str
     stopped: int = 0  # flow runs in flight when the stop came (sent SIGTERM by the runner)
     killed: int = 0  # of those, still running at the deadline and killed
+    flow_run: FlowRun | None = None  # the run `run_served` waited for, as it ended
 
     def line(self) -> str:
         line = f"stopped serving ({self.signal})"
@@ -173,7 +175,45 @@ def serve_all() -> Stopped:
         return asyncio.run(_serve(served))
 
 
-class _StopRequest:
+NIGHTLY = "nightly-sync/nightly-demographics-sync"
+
+
+def run_now(deployment: str) -> FlowRun | None:
+    """Run the deployment once, now, and wait for it to end. With PREFECT_API_URL set, it
+    runs where that server runs it (a work pool's workers, or `demographics serve`); unset, a
+    Prefect server on the embedded PostgreSQL is started and the deployments are served from
+    this process until the run has ended (`demo`, `nightly`). None when SIGTERM or SIGINT
+    stopped it first."""
+    from flows.local import prefect_api
+
+    with prefect_api() as local:
+        if local is None:
+            return run_deployed(deployment)
+        return run_served(deployment).flow_run
+
+
+def run_deployed(deployment: str) -> FlowRun:
+    """Run the deployment (`flow/deployment`) on the configured Prefect server, where its
+    runs run (a work pool's workers, or `demographics serve`), and wait until it ends;
+    NotServed when nothing would run it."""
+    from prefect.deployments import run_deployment
+
+    from flows.fanout import check_served
+
+    check_served(deployment)
+    return run_deployment(deployment, timeout=None, as_subflow=False)
+
+
+def run_served(deployment: str) -> Stopped:
+    """Serve the deployments from this process just long enough to run `deployment`
+    (`flow/deployment`) once, and the runs it starts (the nightly's districts); returns how
+    it ended, with the flow run as it ended unless SIGTERM or SIGINT stopped it first."""
+    served = deployments()
+    with _one_line_connection_errors():
+        return asyncio.run(_serve(served, once=deployment))
+
+
+class StopRequest:
     """SIGTERM or SIGINT as an event the serving loop awaits.
 
     A Python signal handler runs on the main thread between two bytecodes of whatever the
@@ -195,7 +235,7 @@ class _Runner(Runner):
     """Prefect's Runner, whose SIGTERM is ours: `Runner.start` installs `handle_sigterm`,
     which would stop it with no bound (and `sys.exit` before it has started)."""
 
-    def __init__(self, stop: _StopRequest, **kwargs: Any) -> None:
+    def __init__(self, stop: StopRequest, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._stop_request = stop
 
@@ -203,28 +243,78 @@ class _Runner(Runner):
         self._stop_request(signal.SIGTERM)
 
 
-async def _serve(served: list[RunnerDeployment]) -> Stopped:
-    stop = _StopRequest(asyncio.get_running_loop())
+# The runner asks for due runs every QUERY_SECONDS: a district run started by the nightly run
+# waits at most that long to start. Besides the nightly run, it runs at most
+# DEMOGRAPHICS_DISTRICT_CONCURRENCY flow runs at once (districts, or runs started from the UI).
+QUERY_SECONDS = 2.0
+
+
+def new_runner(stop: StopRequest) -> Runner:
+    """The runner that serves the deployments, stopped by `stop`'s signals."""
+    return _Runner(
+        stop,
+        pause_on_shutdown=False,  # see the module's doc
+        limit=load_settings().district_concurrency + 1,
+        query_seconds=QUERY_SECONDS,
+    )
+
+
+async def _serve(served: list[RunnerDeployment], once: str | None = None) -> Stopped:
+    stop = StopRequest(asyncio.get_running_loop())
     previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
     try:
-        runner = _Runner(stop, pause_on_shutdown=False)  # see the module's doc
-        registering = asyncio.ensure_future(_register(runner, served))
+        runner = new_runner(stop)
+        registering = asyncio.ensure_future(register(runner, served))
         if await _stop_first(stop, registering):
             await _cancel(registering)
             return Stopped(stop.signal or "stopped")
         _registered(registering)
-        _announce(served)
         serving = asyncio.ensure_future(runner.start())
-        if not await _stop_first(stop, serving):
-            serving.result()  # the runner ended by itself: its error, if any, goes up
-            return Stopped("the runner ended by itself")
-        return await _stop_runner(runner, serving, stop.signal or "stopped")
+        if once is None:
+            _announce(served)
+            if not await _stop_first(stop, serving):
+                serving.result()  # the runner ended by itself: its error, if any, goes up
+                return Stopped("the runner ended by itself")
+            return await _stop_runner(runner, serving, stop.signal or "stopped")
+        return await _serve_once(runner, serving, stop, once)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
 
 
-async def _register(runner: Runner, served: Iterable[RunnerDeployment]) -> None:
+async def _serve_once(
+    runner: Runner, serving: asyncio.Future[Any], stop: StopRequest, deployment: str
+) -> Stopped:
+    """Run the deployment once while the runner serves; then stop serving."""
+    running = asyncio.ensure_future(_run_to_the_end(deployment))
+    waiter = asyncio.ensure_future(stop.event.wait())
+    await asyncio.wait({running, serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if running.done():
+        ended = running.result()
+        stopped = await _stop_runner(runner, serving, "done")
+        return Stopped("done", stopped.stopped, stopped.killed, flow_run=ended)
+    await _cancel(running)
+    if serving.done():
+        serving.result()
+        return Stopped("the runner ended by itself")
+    return await _stop_runner(runner, serving, stop.signal or "stopped")
+
+
+async def _run_to_the_end(deployment: str) -> FlowRun:
+    """Start a run of the deployment and wait until it is in a final state."""
+    from prefect import get_client
+    from prefect.deployments import arun_deployment
+
+    flow_run = await arun_deployment(deployment, timeout=0, as_subflow=False)
+    async with get_client() as client:
+        while flow_run.state is None or not flow_run.state.is_final():
+            await asyncio.sleep(QUERY_SECONDS / 2)
+            flow_run = await client.read_flow_run(flow_run.id)
+    return flow_run
+
+
+async def register(runner: Runner, served: Iterable[RunnerDeployment]) -> None:
     for deployment in served:
         await runner.aadd_deployment(deployment)
 
@@ -253,7 +343,7 @@ def _announce(served: list[RunnerDeployment]) -> None:
     print("stop with Ctrl-C or SIGTERM", flush=True)
 
 
-async def _stop_first(stop: _StopRequest, task: asyncio.Future[Any]) -> bool:
+async def _stop_first(stop: StopRequest, task: asyncio.Future[Any]) -> bool:
     """Wait for the task or a stop request; True when the stop came first."""
     waiter = asyncio.ensure_future(stop.event.wait())
     await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)

@@ -12,7 +12,6 @@ Failed state whose message is the one-line reason.
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,11 +21,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
-from prefect.futures import PrefectFuture
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from flows.fanout import (
+    DISTRICT_DEPLOYMENT,
+    check_served,
+    district_files,
+    start_district_runs,
+    wait_for_districts,
+)
 from tasks import process
 from tasks.drop import DropFile
 from tasks.errors import DemographicsError, is_transient
@@ -117,7 +122,8 @@ _STARTED_BY: ContextVar[str | None] = ContextVar("demographics_started_by", defa
 
 def _requester() -> str:
     """Who started this run, as the run records say it: the run that started it in this
-    process, else the user or automation Prefect recorded, else this flow run by name."""
+    process, else this flow run by name with the run that started it from another process
+    (the nightly run, for a district) or the user or automation Prefect recorded."""
     lent = _STARTED_BY.get()
     if lent:
         return lent
@@ -125,10 +131,28 @@ def _requester() -> str:
     run = getattr(context, "flow_run", None)
     flow_name = getattr(getattr(context, "flow", None), "name", "flow")
     who = f"prefect:{flow_name}" + (f"/{run.name}" if getattr(run, "name", None) else "")
+    parent = _started_from(run)
     created = getattr(run, "created_by", None)
-    if created is not None and getattr(created, "display_value", None):
+    if parent:
+        who += f" (started by {parent})"
+    elif created is not None and getattr(created, "display_value", None):
         who += f" ({str(created.type).lower()} {created.display_value})"
     return who
+
+
+def _started_from(run: Any) -> str | None:
+    """`flow/run` of the flow run that started `run` (by run_deployment), if any."""
+    parent_task = getattr(run, "parent_task_run_id", None)
+    if parent_task is None:
+        return None
+    from prefect import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            parent = client.read_flow_run(client.read_task_run(parent_task).flow_run_id)
+            return f"{client.read_flow(parent.flow_id).name}/{parent.name}"
+    except Exception:  # a name for the record; the run goes on without it
+        return None
 
 
 @contextmanager
@@ -274,11 +298,12 @@ def _publish(district: str, file_name: str, outcome: SyncOutcome) -> None:
         get_run_logger().warning("the outcome artifact was not published (%s)", type(exc).__name__)
 
 
-@flow(name="sync-district-drop", **FLOW_SETTINGS)
+@flow(name="sync-district-drop", flow_run_name="{district}", **FLOW_SETTINGS)
 def sync_district_drop(district: str) -> dict[str, Any]:
     """Every ready file of one district, oldest first. Files past retention are deleted, files
     too large are rejected unread, and the first failed file stops the district: a later file
-    must not be applied before an earlier one.
+    must not be applied before an earlier one. Its files, with their outcomes and counts, are
+    published as a table on its run (the nightly run reads them back from there).
 
     Args:
         district: The district's code, as its drop folder is named.
@@ -287,6 +312,20 @@ def sync_district_drop(district: str) -> dict[str, Any]:
     by = _requester()
     check_database()
     plan = plan_drop(district, list_drop(district))
+    _before_the_files(district, plan, by)
+    done: list[dict[str, Any]] = []
+    try:
+        _each_ready_file(district, plan.ready, by, done)
+    finally:
+        _publish_files(district, done)
+    log.info("district %s: %s files processed", district, len(done))
+    return {"district": district, "settling": len(plan.settling), **district_totals(done)}
+
+
+def _before_the_files(district: str, plan: process.DropPlan, by: str) -> None:
+    """What a listing asks for before the ready files: expired files deleted, files too
+    large rejected unread, refused entries reported once."""
+    log = get_run_logger()
     if plan.expired:
         deleted = expire_files(district, plan.expired, by)
         _notify(district, process.expiry_notice(deleted, load_settings().retention_days))
@@ -301,83 +340,89 @@ def sync_district_drop(district: str) -> dict[str, Any]:
         mark_refusals_reported(district, plan.refused_news)
     if plan.settling:
         log.info("%s files are still settling; they wait for the next run", len(plan.settling))
-    done: list[dict[str, Any]] = []
-    for position, ready in enumerate(plan.ready):
-        with _lending(by):
-            state: State = process_file(district, ready.name, "sync", return_state=True)
-        waiting = len(plan.ready) - position - 1
+
+
+# An in-process file run sends no heartbeats of its own: the district run's heartbeat already
+# says whether this process lives, and a heartbeat thread costs each run up to a second at its
+# end (the engine joins it; it sleeps in 1 s steps).
+NO_HEARTBEAT = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+
+
+def _each_ready_file(
+    district: str, ready: list[DropFile], by: str, done: list[dict[str, Any]]
+) -> None:
+    """Each ready file as its own process-file run, in order, until one fails."""
+    log = get_run_logger()
+    for position, file in enumerate(ready):
+        with _lending(by), temporary_settings(updates=NO_HEARTBEAT):
+            state: State = process_file(district, file.name, "sync", return_state=True)
+        waiting = len(ready) - position - 1
         if state.is_failed() and state.name == REFUSED:
             # e.g. uploaded again since the listing: it and the files after it wait, in order
             log.warning(
                 "%s was not taken (%s); it and the %s files after it wait for the next run",
-                ready.name,
+                file.name,
                 state.message,
                 waiting,
             )
-            break
+            return
         if state.is_failed():
             raise DistrictFailed(
-                f"district {district}: {ready.name} failed ({state.message}); it and the "
+                f"district {district}: {file.name} failed ({state.message}); it and the "
                 f"{waiting} files after it wait for the next run"
             )
-        done.append({**state.result(), "outcome": state.name})
-    log.info("district %s: %s files processed", district, len(done))
-    return {"district": district, "settling": len(plan.settling), **district_totals(done)}
+        done.append({**state.result(), "file": file.name, "outcome": state.name})
 
 
-@task(**PRIVATE)
-def run_district_flow(district: str, requested_by: str) -> dict[str, Any]:
-    """One district's sync-district-drop flow, as a task: the nightly flow's task runner runs
-    several at once."""
-    with _lending(requested_by):
-        return sync_district_drop(district)
+FILE_COLUMNS = ("file", "outcome", "run_id", "matched", "updated", "unmatched", "errors")
 
 
-def _each_district(
-    districts: list[str], by: str, at_once: int
-) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """Every district's drop as its own task, at most `at_once` at a time: the next district
-    starts as soon as any one ends. Returns the districts that failed, in their order, and
-    what each district that ended returned."""
-    finished: queue.SimpleQueue[str] = queue.SimpleQueue()
-    waiting = list(districts)
-    running: dict[str, PrefectFuture[dict[str, Any]]] = {}
-    failed: set[str] = set()
-    ended: dict[str, dict[str, Any]] = {}
-    while waiting or running:
-        while waiting and len(running) < at_once:
-            code = waiting.pop(0)
-            running[code] = run_district_flow.submit(code, by)
-            running[code].add_done_callback(lambda _future, code=code: finished.put(code))
-        code = finished.get()
-        future = running.pop(code)
-        future.wait()
-        if future.state.is_failed():
-            failed.add(code)
-        else:
-            ended[code] = future.result()
-    return [code for code in districts if code in failed], ended
+def _publish_files(district: str, done: list[dict[str, Any]]) -> None:
+    """The district's files as a table on its own run; never a failed run for it."""
+    try:
+        create_table_artifact(
+            table=[{key: row.get(key) for key in FILE_COLUMNS} for row in done],
+            description=f"district {district}: {len(done)} files",
+        )
+    except Exception as exc:  # the API may be away; the files' outcomes stand
+        get_run_logger().warning("the district's table was not published (%s)", type(exc).__name__)
 
 
-# Threads as needed: _each_district bounds how many districts run at once, from the settings
-# as the run starts (not as this module loads, so a bad setting fails a run, not the import).
-@flow(name="nightly-sync", task_runner=ThreadPoolTaskRunner(), **FLOW_SETTINGS)
+@flow(name="nightly-sync", **FLOW_SETTINGS)
 def nightly_sync() -> dict[str, Any]:
-    """Every active district's drop, several districts at once; one district's failure never
-    stops the others, and the run ends failed naming the districts that failed."""
-    by = _requester()
+    """Every active district's drop, each as its own sync-district-drop deployment run (on
+    the work pool's workers, or served locally), shown under this run. One district's failure
+    never stops the others; the run ends failed naming the districts that failed."""
+    log = get_run_logger()
     check_database()
     clean_staging()
     districts = active_districts()
-    failed, ended = _each_district(districts, by, load_settings().district_concurrency)
-    _publish_nightly(nightly_rows(districts, ended, failed), len(failed))
+    check_served(DISTRICT_DEPLOYMENT)
+    run_id = getattr(get_run_context().flow_run, "id", None)
+    started = start_district_runs(districts, run_id)
+    log.info("started %s district runs; waiting for them", len(started))
+    ended = wait_for_districts(started, _district_ended)
+    files = district_files(ended)
+    failed = [code for code in districts if not ended[code].state.is_completed()]
+    totals = {code: district_totals(files.get(code, [])) for code in districts}
+    states = {code: ended[code].state.name for code in failed}
+    _publish_nightly(nightly_rows(districts, totals, states), len(failed))
     if failed:
         raise NightlyFailed(
             f"{len(failed)} of {len(districts)} districts failed: {', '.join(failed)} "
             "(their sync-district-drop runs say why)"
         )
-    get_run_logger().info("%s districts synced", len(districts))
+    log.info("%s districts synced", len(districts))
     return {"districts": len(districts)}
+
+
+def _district_ended(district: str, run: Any) -> None:
+    state = run.state
+    line = f"district {district}: {state.name}" + (f" ({state.message})" if state.message else "")
+    if state.is_completed():
+        get_run_logger().info("%s", line)
+    else:
+        get_run_logger().warning("%s", line)
 
 
 def _publish_nightly(rows: list[dict[str, Any]], failed: int) -> None:

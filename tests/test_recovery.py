@@ -31,6 +31,7 @@ from flowhelp import (
     Product,
     csv_bytes,
     history_rows,
+    prefect_tables,
     runs,
     stored_files,
     wait_until_prefect_has_stored_everything,
@@ -38,6 +39,7 @@ from flowhelp import (
 from smtp_server import USER, HangUpServer, SilentServer, SmtpServer
 from storehelp import line, load, values
 
+from flows.deploy import NIGHTLY, run_deployed
 from flows.pipeline import nightly_sync, process_file, sync_district_drop
 from tasks.db import APPLICATION_NAME, connect, upgrade
 from tasks.drop import STAGING_PREFIX
@@ -146,10 +148,9 @@ def test_a_wrong_smtp_password_is_tried_once_and_recorded(
 def test_the_smtp_password_comes_from_a_prefect_secret_and_prefect_keeps_it_nowhere_else(
     product: Product,
     start_smtp_server: Callable[..., SmtpServer],
-    prefect_api: Path,
+    prefect_api: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from conftest import PREFECT_HOME
     from prefect.blocks.system import Secret
 
     p = product
@@ -170,9 +171,11 @@ def test_the_smtp_password_comes_from_a_prefect_secret_and_prefect_keeps_it_nowh
     assert runs(p.url)[0]["email_status"] == "sent"
     # Prefect keeps the Secret encrypted; nothing else it stores (logs, events, parameters,
     # states, its home folder) may hold the password.
-    wait_until_prefect_has_stored_everything(prefect_api)
-    files = stored_files([prefect_api, PREFECT_HOME])
-    assert any(f.suffix == ".db" for f in files)
+    wait_until_prefect_has_stored_everything(prefect_api.database)
+    tables = prefect_tables(prefect_api.database)
+    assert tables["flow_run"] and tables["log"] and tables["block_document"]
+    assert [name for name, data in tables.items() if password.encode() in data] == []
+    files = stored_files([prefect_api.home])
     assert [f.name for f in files if password.encode() in f.read_bytes()] == []
 
 
@@ -196,7 +199,10 @@ def test_a_worker_killed_after_the_commit_leaves_the_file_and_the_next_run_only_
     env = command_env(DEMOGRAPHICS_SMTP_URL=silent_smtp_server.url())
     with output.open("wb") as out:
         worker = subprocess.Popen(
-            [str(DEMOGRAPHICS), "nightly"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-c", DISTRICT_RUN_OF_D1],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_for(
@@ -222,7 +228,7 @@ def test_a_worker_killed_after_the_commit_leaves_the_file_and_the_next_run_only_
     changes = history_rows(p.url)
     assert changes == 2
 
-    assert nightly_sync(return_state=True).is_completed()
+    assert sync_district_drop("d1", return_state=True).is_completed()
 
     second = runs(p.url)[-1]
     assert second["same_as_run_id"] == first["run_id"] and second["values_changed"] == 0
@@ -230,6 +236,10 @@ def test_a_worker_killed_after_the_commit_leaves_the_file_and_the_next_run_only_
     assert p.remote("d1") == [] and second["file_deleted_at"] is not None
     assert values(p.url, "d1")["s2"]["gender"] == "M"
     assert f"already applied by run {first['run_id']}" in second["message"]
+
+
+# A district run in a process of its own, as a worker runs it
+DISTRICT_RUN_OF_D1 = "from flows.pipeline import sync_district_drop; sync_district_drop('d1')"
 
 
 # --- the database going away mid-apply -------------------------------------------------------
@@ -434,7 +444,9 @@ def test_the_drop_lost_at_the_delete_keeps_the_file_and_the_next_run_only_delete
 # --- staging folders a killed worker left ---------------------------------------------------
 
 
-def test_the_nightly_run_removes_staging_folders_a_killed_worker_left(product: Product) -> None:
+def test_the_nightly_run_removes_staging_folders_a_killed_worker_left(
+    product: Product, served: Any
+) -> None:
     p = product
 
     def staged(age: timedelta) -> Path:
@@ -481,36 +493,80 @@ class OpenFiles:
         self.now -= 1
 
 
-@pytest.mark.parametrize("concurrency", [1, 2])
-def test_the_nightly_command_works_on_as_many_districts_at_once_as_configured(
-    product: Product, concurrency: int
+@pytest.fixture
+def district_concurrency(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """DEMOGRAPHICS_DISTRICT_CONCURRENCY, set before the runner serving the deployments is."""
+    monkeypatch.setenv("DEMOGRAPHICS_DISTRICT_CONCURRENCY", str(request.param))
+    return int(request.param)
+
+
+@pytest.mark.parametrize("district_concurrency", [1, 2], indirect=True)
+def test_served_deployments_run_as_many_districts_at_once_as_configured(
+    product: Product, district_concurrency: int, served: Any
 ) -> None:
     p = product
     p.put("d1", "a.csv", one_row(gender="F"))
     p.put("d2", "b.csv", one_row(ssid="0000000005", gender="M"))
-    files = OpenFiles(pair=concurrency == 2)
+    files = OpenFiles(pair=district_concurrency == 2)
     p.sftp.on_open, p.sftp.on_close = files.opened, files.closed
     started = time.time()
 
-    done = subprocess.run(
-        [str(DEMOGRAPHICS), "nightly"],
-        env=command_env(DEMOGRAPHICS_DISTRICT_CONCURRENCY=str(concurrency)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    nightly = run_deployed(NIGHTLY)  # on the runner, as 02:00 runs it: it takes a slot too
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "nightly-sync: Completed" in done.stdout.splitlines()
-    assert "Traceback" not in done.stdout + done.stderr
-    assert files.most == concurrency
+    assert nightly.state is not None and nightly.state.is_completed(), nightly.state
+    assert files.most == district_concurrency
     assert values(p.url, "d1")["s1"]["gender"] == "F"
     assert values(p.url, "d2")["s5"]["gender"] == "M"
     assert p.remote("d1") == [] and p.remote("d2") == []
     first, second = sorted(sync_district_runs_since(started), key=lambda r: r.start_time)
     overlapped = second.start_time < first.end_time
-    assert overlapped == (concurrency == 2)  # with 1, the second district starts after the first
+    assert overlapped == (district_concurrency == 2)  # with 1, one district after the other
+
+
+def prefect_servers() -> set[int]:
+    """The pids of the `prefect server start` processes on this machine."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"prefect" in command and b"server" in command and b"start" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def test_the_nightly_command_without_a_prefect_server_starts_one_on_postgresql_and_serves(
+    product: Product, prefect_api: Any
+) -> None:
+    from tasks.db import asyncpg_url
+
+    p = product
+    p.put("d1", "a.csv", one_row(gender="F"))
+    p.put("d2", "b.csv", one_row(ssid="0000000005", gender="M"))
+    # No PREFECT_API_URL: the command starts its own Prefect server, here on the session's
+    # Prefect database (as it would on the embedded server's), so the test can read its runs.
+    env = command_env()
+    del env["PREFECT_API_URL"]
+    dbname = str(psycopg.conninfo.conninfo_to_dict(prefect_api.database)["dbname"])
+    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = asyncpg_url(prefect_api.database, dbname)
+    servers = prefect_servers()
+    started = time.time()
+
+    done = subprocess.run(
+        [str(DEMOGRAPHICS), "nightly"], env=env, capture_output=True, text=True, timeout=300
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "nightly-sync: Completed"
+    assert "Traceback" not in done.stdout + done.stderr
+    assert values(p.url, "d1")["s1"]["gender"] == "F"
+    assert values(p.url, "d2")["s5"]["gender"] == "M"
+    assert p.remote("d1") == [] and p.remote("d2") == []
+    districts = sync_district_runs_since(started)  # in the database this test reads
+    assert sorted(r.name for r in districts) == ["d1", "d2"]
+    assert all(r.deployment_id and r.parent_task_run_id for r in districts)
+    assert prefect_servers() == servers  # the command's server stopped with it
 
 
 # --- a failed file stops its district -------------------------------------------------------

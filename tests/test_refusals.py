@@ -275,7 +275,7 @@ def test_a_refusal_the_flow_finds_ends_the_command_with_its_reason(
 
 
 def test_a_failed_flow_run_on_the_command_line_ends_with_its_reason_and_exit_2(
-    product: Product, cli: Any, monkeypatch: pytest.MonkeyPatch
+    product: Product, served: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DEMOGRAPHICS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
 

@@ -25,6 +25,7 @@ EXE = Path(sys.executable).with_name("demographics")
 PROMISE_SECONDS = 5.0  # README: serve stops within 5 s of SIGTERM
 SERVED = {
     "nightly-demographics-sync",
+    "sync-district-drop",
     "process-drop-file",
     "approve-held-sync",
     "discard-held-sync",

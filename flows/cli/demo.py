@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -36,8 +37,6 @@ def demo() -> None:
 
     # The sample file is placed a moment before the run; a real upload settles first.
     os.environ.setdefault("DEMOGRAPHICS_SETTLE_SECONDS", "0")
-    # Prefect starts a temporary local API for the run when none is configured.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = load_settings()
     data = read_source(SAMPLE_FILE)
     report = validate_bytes(data, SAMPLE_FILE.name).report
@@ -49,19 +48,33 @@ def demo() -> None:
     drop = open_drop(settings)
     drop.put(SAMPLE_DISTRICT, SAMPLE_FILE.name, data)
     typer.echo(f"2. Placed {SAMPLE_FILE.name} in the drop: {drop.description}/{SAMPLE_DISTRICT}")
-    typer.echo("3. Run the nightly-sync flow through Prefect")
-    from flows.pipeline import nightly_sync
-
-    state = nightly_sync(return_state=True)
-    typer.echo(f"   nightly-sync: {state.name}" + (f" ({state.message})" if state.message else ""))
+    state = _run_nightly()
     _show_latest_run(url)
     typer.echo("4. What the reporting view shows, asked as each person's own SQL login")
     _demo_view(url)
     typer.echo(f"HTML validation report: {html_path}")
     typer.echo(f"Runs: .venv/bin/demographics runs --district {SAMPLE_DISTRICT}")
     typer.echo(f'Database: {_psql()} "$(.venv/bin/demographics db url)"')
+    typer.echo(
+        "Prefect UI: make serve, then open http://127.0.0.1:4200/runs (these runs are kept in "
+        "Prefect's database on the embedded PostgreSQL)"
+    )
     if not state.is_completed():
         raise typer.Exit(1)
+
+
+def _run_nightly() -> Any:
+    """Step 3: the nightly deployment, as 02:00 runs it: a Prefect server on the embedded
+    PostgreSQL (unless PREFECT_API_URL names one), the deployments served from here."""
+    from flows.deploy import NIGHTLY, run_now
+
+    typer.echo("3. Run the nightly deployment through Prefect (a server on PostgreSQL, served)")
+    ended = run_now(NIGHTLY)
+    if ended is None:
+        raise typer.Exit(130)
+    state = ended.state
+    typer.echo(f"   nightly-sync: {state.name}" + (f" ({state.message})" if state.message else ""))
+    return state
 
 
 def _load_sample_roster(url: str) -> None:

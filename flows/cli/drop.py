@@ -101,13 +101,21 @@ def _flow_result(name: str, state: Any) -> None:
 @app.command()
 @one_line_errors
 def nightly() -> None:
-    """Run the nightly-sync flow once, now, through Prefect (every active district's drop)."""
+    """Run the nightly deployment once, now, and wait for it: every active district's drop.
+
+    With PREFECT_API_URL set, it runs where that server runs it (its work pool's workers, or
+    `demographics serve`); unset, this command starts a Prefect server on the embedded
+    PostgreSQL and serves the deployments itself until the run has ended.
+    """
     from tasks.settings import load_settings
 
     load_settings()  # a wrong setting is one line here, before Prefect starts
-    from flows.pipeline import nightly_sync
+    from flows.deploy import NIGHTLY, run_now
 
-    _flow_result("nightly-sync", nightly_sync(return_state=True))
+    ended = run_now(NIGHTLY)
+    if ended is None:
+        fail("nightly-sync was stopped before it ended; its runs were stopped too")
+    _flow_result("nightly-sync", ended.state)
 
 
 def _decision_refused(run_id: int, email: str) -> None:
@@ -150,7 +158,14 @@ def discard(
 @one_line_errors
 def serve() -> None:
     """Serve the deployments (nightly schedule, manual runs) from this process until SIGTERM
-    or Ctrl-C; it stops within 5 s, cancelling the runs in flight (their files stay)."""
+    or Ctrl-C; it stops within 5 s, cancelling the runs in flight (their files stay). With no
+    PREFECT_API_URL, it first starts a Prefect server (API and UI on 127.0.0.1, port
+    PREFECT_SERVER_API_PORT, 4200) on the embedded PostgreSQL, and stops it on the way out."""
     from flows.deploy import serve_all
+    from flows.local import prefect_api, server_port
 
-    typer.echo(serve_all().line())
+    with prefect_api(ui=True, port=server_port()) as local:
+        if local is not None:
+            typer.echo(f"Prefect UI: {local.ui_url} (its database: PostgreSQL)", err=False)
+        line = serve_all().line()
+    typer.echo(line)

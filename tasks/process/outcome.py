@@ -121,18 +121,22 @@ def district_totals(files: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def nightly_rows(
-    districts: list[str], ended: dict[str, dict[str, Any]], failed: list[str]
+    districts: list[str], totals: dict[str, dict[str, Any]], failed: dict[str, str]
 ) -> list[dict[str, Any]]:
-    """The nightly table: one row per district, in order; a failed district says so and
-    points at its own run for why."""
+    """The nightly table: one row per district, in order. `failed` maps a district whose run
+    did not complete to its run's final state (Failed, Crashed, ...): the row says so and
+    points at its own run for why; the files it did before are counted."""
     rows = []
     for code in districts:
-        done = ended.get(code, {})
+        done = totals.get(code, {})
         outcomes = done.get("outcomes", {})
+        run = "ok"
+        if code in failed:
+            run = f"{failed[code].lower()} (its sync-district-drop run says why)"
         rows.append(
             {
                 "district": code,
-                "run": "failed (its sync-district-drop run says why)" if code in failed else "ok",
+                "run": run,
                 "files": done.get("files", 0),
                 "outcomes": ", ".join(f"{n} {name}" for name, n in sorted(outcomes.items()))
                 or "no file",
