@@ -130,7 +130,7 @@ def product(
 
 
 @pytest.fixture
-def served(product: Product) -> Iterator[Any]:
+def served(db: str, prefect_api: Any) -> Iterator[Any]:
     """The deployments served from this process, by the runner `demographics serve` uses,
     in a thread: a nightly run's district runs each run in a process of their own, with the
     test's settings (the runner passes its environment on)."""
@@ -161,9 +161,9 @@ def served(product: Product) -> Iterator[Any]:
     loop.close()
 
 
-def wait_until_served(deployment: str, timeout: float = 60) -> None:
-    """Until the deployment is registered and its runner has asked for work (Prefect marks
-    it ready)."""
+def wait_until_served(deployment: str, pool: str | None = None, timeout: float = 60) -> None:
+    """Until the deployment is registered for the pool (None: a runner's) and what runs it
+    has asked for work (Prefect marks it ready)."""
     import time
 
     from prefect import get_client
@@ -174,7 +174,8 @@ def wait_until_served(deployment: str, timeout: float = 60) -> None:
     while time.monotonic() < deadline:
         with get_client(sync_client=True) as client:
             try:
-                if client.read_deployment_by_name(deployment).status == DeploymentStatus.READY:
+                found = client.read_deployment_by_name(deployment)
+                if found.work_pool_name == pool and found.status == DeploymentStatus.READY:
                     return
             except ObjectNotFound:
                 pass

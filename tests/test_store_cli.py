@@ -144,7 +144,7 @@ def test_an_unreachable_database_is_one_line_exit_2(cli, monkeypatch, tmp_path: 
 
 
 def test_demo_runs_the_nightly_flow_on_the_sample_and_writes_the_email(
-    db: str, cli, prefect_api: Path, monkeypatch
+    db: str, cli, served, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("DEMOGRAPHICS_SETTLE_SECONDS", raising=False)
     first = cli("demo")
