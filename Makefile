@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 UV     := UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv
 SYNC   := $(UV) sync --locked --extra dev --python $(BIN)/python
 
-.PHONY: demo test lint lock upgrade check-lock serve bench bench-sync bench-view clean
+.PHONY: demo test lint lock upgrade check-lock serve bench bench-sync bench-view bench-nightly clean
 
 # A fresh venv gets the uv that uv.lock pins, checked against the hashes the lock records.
 $(BIN)/uv: uv.lock
@@ -63,6 +63,9 @@ bench-sync: $(STAMP)
 
 bench-view: $(STAMP)
 	$(BIN)/python bench/view.py
+
+bench-nightly: $(STAMP)
+	$(BIN)/python bench/nightly.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -29,10 +29,12 @@ from prefect.client.schemas.filters import (
     ArtifactFilterType,
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
     WorkerFilter,
     WorkerFilterStatus,
 )
-from prefect.client.schemas.objects import DeploymentStatus, FlowRun
+from prefect.client.schemas.objects import DeploymentStatus, FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
@@ -93,23 +95,33 @@ def start_district_runs(districts: list[str], nightly_run_id: UUID) -> dict[str,
     return started
 
 
+FINAL = [StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED]
+ORPHANS_EVERY = 5  # polls between two looks for runs whose worker went away
+
+
 def wait_for_districts(
     started: dict[str, UUID], ended_one: Callable[[str, FlowRun], None]
 ) -> dict[str, FlowRun]:
-    """Poll until every district run has ended; `ended_one` is told of each as it ends."""
+    """Poll until every district run has ended; `ended_one` is told of each as it ends. Each
+    poll asks only for the runs that have ended since (a nightly run of many districts waits
+    long, and its polls should cost the server next to nothing)."""
     district_of = {run_id: code for code, run_id in started.items()}
     ended: dict[str, FlowRun] = {}
+    polls = 0
     while len(ended) < len(started):
+        waiting = [i for i, code in district_of.items() if code not in ended]
         with get_client(sync_client=True) as client:
-            waiting = [i for i, code in district_of.items() if code not in ended]
-            runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=waiting))
-            )
-            for run in runs:
-                if run.state is not None and run.state.is_final():
-                    ended[district_of[run.id]] = run
-                    ended_one(district_of[run.id], run)
-            _crash_the_orphans(client, [r for r in runs if district_of[r.id] not in ended])
+            for run in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=waiting),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=FINAL)),
+                )
+            ):
+                ended[district_of[run.id]] = run
+                ended_one(district_of[run.id], run)
+            polls += 1
+            if polls % ORPHANS_EVERY == 0 and len(ended) < len(started):
+                _crash_the_orphans(client, [i for i in waiting if district_of[i] not in ended])
         if len(ended) < len(started):
             time.sleep(POLL_SECONDS)
     return ended
@@ -128,7 +140,13 @@ def orphans(runs: list[FlowRun], online: dict[str, set[str]]) -> list[FlowRun]:
     ]
 
 
-def _crash_the_orphans(client: Any, running: list[FlowRun]) -> None:
+def _crash_the_orphans(client: Any, waiting: list[UUID]) -> None:
+    running = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=waiting),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
+        )
+    )
     pools = {r.work_pool_name for r in running if r.work_pool_name and r.labels.get(WORKER_LABEL)}
     online = {
         pool: {

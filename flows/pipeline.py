@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
 
@@ -54,18 +54,26 @@ from tasks.sync import SyncOutcome
 
 PRIVATE: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE, "log_prints": False}
 
-# Each task is named by Prefect for the function it wraps (its __name__), so the UI shows
-# the name the code uses.
-check_database = task(process.check_database, **PRIVATE)
-check_file_request = task(process.check_file_request, **PRIVATE)
+# A step that reads or writes the outside world (the drop, a sync, the mail server) or that a
+# person may want to see on its own in the UI is a Prefect task, named by Prefect for the
+# function it wraps (its __name__). Quick checks and pure steps are plain calls: every task run
+# costs the run's process and the Prefect server tens of milliseconds of CPU (its states are
+# events the server records), which at one small file a district was most of a night's work.
+# Plain calls raise the same one-line errors (tasks.process.safety), failing the flow run.
+check_database = process.check_database
+check_file_request = process.check_file_request
+find_held_run = process.find_held_run
+plan_drop = process.plan_drop
+results_message = process.results_message
+notice_message = process.notice_message
+record_delivery = process.record_delivery
+
 active_districts = task(process.active_districts, **PRIVATE)
 clean_staging = task(process.clean_staging, **PRIVATE)
 # The drop retries its own connections with backoff (settings: sftp_attempts,
 # sftp_backoff_seconds): a Prefect retry on top would multiply the waits.
 list_drop = task(process.list_drop, **PRIVATE)
-plan_drop = task(process.plan_drop, **PRIVATE)
 fetch_file = task(process.fetch_file, **PRIVATE)
-find_held_run = task(process.find_held_run, **PRIVATE)
 check_same_file = task(process.check_same_file, **PRIVATE)
 sync_file = task(process.sync_file, **PRIVATE)
 held_sync = task(process.held_sync, **PRIVATE)
@@ -74,8 +82,6 @@ discard_held = task(process.discard_held, **PRIVATE)
 discard_source_file = task(process.discard_source_file, **PRIVATE)
 apply_views_and_grants = task(process.apply_views_and_grants, **PRIVATE)
 set_teacher_fields = task(process.set_teacher_fields, **PRIVATE)
-results_message = task(process.results_message, **PRIVATE)
-notice_message = task(process.notice_message, **PRIVATE)
 # Sending is retried when the failure may pass (settings: mail_attempts, mail_retry_seconds),
 # then the failure is recorded on the run; it never undoes a committed sync.
 send_message = task(
@@ -85,7 +91,6 @@ send_message = task(
     ),
     **PRIVATE,
 )
-record_delivery = task(process.record_delivery, **PRIVATE)
 settle_file = task(process.settle_file, **PRIVATE)
 expire_files = task(process.expire_files, **PRIVATE)
 reject_unread = task(process.reject_unread, **PRIVATE)
@@ -171,7 +176,7 @@ def _smtp_password() -> str | None:
         return None
     from prefect.blocks.system import Secret
 
-    return Secret.load(name).get()
+    return Secret.load(name, _sync=True).get()  # _sync: also from an async flow
 
 
 def _email(render: Callable[[], Any], run_id: int | None) -> str:
@@ -185,10 +190,20 @@ def _email(render: Callable[[], Any], run_id: int | None) -> str:
         delivery = sender(quote(render()), _smtp_password())
     except Exception as exc:  # task exceptions carry no values (tasks.process.safe_step)
         get_run_logger().warning("the email could not be sent: %s", exc)
-        recorded = record_delivery(run_id, None, str(exc), return_state=True)
-        return "email failed" + ("" if recorded.is_completed() else " (and not recorded)")
-    recorded = record_delivery(run_id, delivery, None, return_state=True)
-    return f"email {delivery.kind}" + ("" if recorded.is_completed() else " (not recorded)")
+        recorded = _recorded(run_id, None, str(exc))
+        return "email failed" + ("" if recorded else " (and not recorded)")
+    recorded = _recorded(run_id, delivery, None)
+    return f"email {delivery.kind}" + ("" if recorded else " (not recorded)")
+
+
+def _recorded(run_id: int | None, delivery: Any, error: str | None) -> bool:
+    """Record the email's fate on the run; False when the database would not (logged)."""
+    try:
+        record_delivery(run_id, delivery, error)
+    except DemographicsError as exc:  # its message is safe (tasks.process.safety)
+        get_run_logger().warning("the email's fate was not recorded: %s", exc)
+        return False
+    return True
 
 
 def _notify(district: str, notice: process.Notice, run_id: int | None = None) -> str:
@@ -201,7 +216,7 @@ def _settle(district: str, source: DropFile, status: str, run_id: int | None) ->
     log = get_run_logger()
     state = settle_file(district, source, status, run_id, return_state=True)
     if state.is_completed():
-        settled = state.result()
+        settled = state.result(_sync=True)  # _sync: also when called from an async flow
         log.info("%s: source file %s (%s)", source.name, settled.action, settled.reason)
         return settled.action
     log.warning("%s: the source file could not be settled: %s", source.name, state.message)
@@ -258,7 +273,7 @@ def process_file(
     # The file's own run says what became of it: outcome, counts, reason, the error rows.
     log.info("%s", outcome_line(file_name, outcome))
     # The outcome is committed: from here on nothing fails the run except the outcome itself.
-    emailed = _email(lambda: results_message(district, quote(outcome)), outcome.run_id)
+    emailed = _email(lambda: results_message(district, outcome), outcome.run_id)
     settled = _settle(district, source, outcome.status, outcome.run_id)
     log.info("%s: %s", file_name, emailed)
     _publish(district, file_name, outcome)
@@ -298,8 +313,13 @@ def _publish(district: str, file_name: str, outcome: SyncOutcome) -> None:
         get_run_logger().warning("the outcome artifact was not published (%s)", type(exc).__name__)
 
 
+# An async flow, though all it does is synchronous: Prefect's engine joins a synchronous flow
+# run's heartbeat thread as the run ends, which costs up to a second (the thread sleeps in 1 s
+# steps), and a night has a district run per district. The heartbeats themselves stay on (they
+# tell a run whose process died). In an async flow, Prefect's functions that have an async
+# twin (a state's result, creating an artifact) return a coroutine unless told `_sync=True`.
 @flow(name="sync-district-drop", flow_run_name="{district}", **FLOW_SETTINGS)
-def sync_district_drop(district: str) -> dict[str, Any]:
+async def sync_district_drop(district: str) -> dict[str, Any]:
     """Every ready file of one district, oldest first. Files past retention are deleted, files
     too large are rejected unread, and the first failed file stops the district: a later file
     must not be applied before an earlier one. Its files, with their outcomes and counts, are
@@ -344,8 +364,22 @@ def _before_the_files(district: str, plan: process.DropPlan, by: str) -> None:
 
 # An in-process file run sends no heartbeats of its own: the district run's heartbeat already
 # says whether this process lives, and a heartbeat thread costs each run up to a second at its
-# end (the engine joins it; it sleeps in 1 s steps).
-NO_HEARTBEAT = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+# end (the engine joins it; it sleeps in 1 s steps). The settings without heartbeats are made
+# once per process: making them (Prefect's temporary_settings) costs over 0.1 s of CPU.
+_QUIET: dict[int, tuple[Any, Any]] = {}
+
+
+@contextmanager
+def _without_heartbeats() -> Iterator[None]:
+    from prefect.context import SettingsContext, get_settings_context
+
+    context = get_settings_context()
+    key = id(context.settings)
+    if key not in _QUIET:
+        updates = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+        _QUIET[key] = (context.settings, context.settings.copy_with_update(updates=updates))
+    with SettingsContext(profile=context.profile, settings=_QUIET[key][1]):
+        yield
 
 
 def _each_ready_file(
@@ -354,7 +388,7 @@ def _each_ready_file(
     """Each ready file as its own process-file run, in order, until one fails."""
     log = get_run_logger()
     for position, file in enumerate(ready):
-        with _lending(by), temporary_settings(updates=NO_HEARTBEAT):
+        with _lending(by), _without_heartbeats():
             state: State = process_file(district, file.name, "sync", return_state=True)
         waiting = len(ready) - position - 1
         if state.is_failed() and state.name == REFUSED:
@@ -371,7 +405,7 @@ def _each_ready_file(
                 f"district {district}: {file.name} failed ({state.message}); it and the "
                 f"{waiting} files after it wait for the next run"
             )
-        done.append({**state.result(), "file": file.name, "outcome": state.name})
+        done.append({**state.result(_sync=True), "file": file.name, "outcome": state.name})
 
 
 FILE_COLUMNS = ("file", "outcome", "run_id", "matched", "updated", "unmatched", "errors")
@@ -383,6 +417,7 @@ def _publish_files(district: str, done: list[dict[str, Any]]) -> None:
         create_table_artifact(
             table=[{key: row.get(key) for key in FILE_COLUMNS} for row in done],
             description=f"district {district}: {len(done)} files",
+            _sync=True,
         )
     except Exception as exc:  # the API may be away; the files' outcomes stand
         get_run_logger().warning("the district's table was not published (%s)", type(exc).__name__)
@@ -468,7 +503,7 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any] | State:
     del fetched
     if isinstance(outcome, Refused):
         return _refuse(outcome)
-    emailed = _email(lambda: results_message(held.district, quote(outcome)), outcome.run_id)
+    emailed = _email(lambda: results_message(held.district, outcome), outcome.run_id)
     settled = _settle(held.district, source, outcome.status, outcome.run_id)
     log.info(
         "held run %s: %s as run %s; %s; source file %s",

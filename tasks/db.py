@@ -13,6 +13,7 @@ values (a unique violation's DETAIL, a COPY's CONTEXT), so only the SQLSTATE is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -68,21 +69,43 @@ def ready_database_url(settings: object | None = None) -> str:
     The embedded server is ours, so its schema is brought up to date here; a configured server's
     schema is upgraded by its operator (`demographics db upgrade`), never behind their back.
     """
+    url, configured = _where(settings)
+    with connect(url, autocommit=True) as conn:
+        _bring_up_to_date(conn, configured)
+    return url
+
+
+def ready_connection(settings: object | None = None) -> psycopg.Connection:
+    """An autocommit connection to a database whose schema is up to date (as
+    `ready_database_url`): the check runs on it, so a flow step opens one connection, not two."""
+    url, configured = _where(settings)
+    conn = connect(url, autocommit=True)
+    try:
+        _bring_up_to_date(conn, configured)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _where(settings: object | None) -> tuple[str, bool]:
+    """The database's URL, and whether it is configured (else the embedded server's)."""
     from tasks.settings import Settings, load_settings
 
     s = settings if isinstance(settings, Settings) else load_settings()
-    url = database_url(s)
-    with connect(url, autocommit=True) as conn:
-        waiting = pending(conn)
-        if waiting and s.database_url is None:
-            upgrade(conn)
-        elif waiting:
-            raise DatabaseUnavailable(
-                f"the database schema is not up to date ({len(waiting)} SQL "
-                f"file{'s' if len(waiting) != 1 else ''} to apply); "
-                "run: demographics db upgrade"
-            )
-    return url
+    return database_url(s), s.database_url is not None
+
+
+def _bring_up_to_date(conn: psycopg.Connection, configured: bool) -> None:
+    waiting = pending(conn)
+    if waiting and not configured:
+        upgrade(conn)
+    elif waiting:
+        raise DatabaseUnavailable(
+            f"the database schema is not up to date ({len(waiting)} SQL "
+            f"file{'s' if len(waiting) != 1 else ''} to apply); "
+            "run: demographics db upgrade"
+        )
 
 
 def embedded_url(pgdata: Path) -> str:
@@ -276,7 +299,19 @@ def pending(conn: psycopg.Connection, directory: Path = SQL_DIR) -> list[str]:
     done: dict[str, str] = {}
     if table and table[0]:
         done = dict(conn.execute("SELECT version, checksum FROM core.schema_migrations"))
-    return [m.path.name for m in migrations(directory) if done.get(m.version) != m.checksum]
+    return [name for version, name, sum_ in _checksums(directory) if done.get(version) != sum_]
+
+
+def _checksums(directory: Path) -> tuple[tuple[str, str, str], ...]:
+    """(version, file name, checksum) of each SQL file; hashed again only when a file's size
+    or time changed (every flow step asks, and the files rarely change)."""
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.glob("*.sql"))
+    return _hashed(directory, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _hashed(directory: Path, _stamp: tuple[object, ...]) -> tuple[tuple[str, str, str], ...]:
+    return tuple((m.version, m.path.name, m.checksum) for m in migrations(directory))
 
 
 class MigrationBusy(DatabaseUnavailable):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import types
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
@@ -27,7 +29,11 @@ def _default_home() -> Path:
 
 class Settings(BaseSettings):
     # No inf or nan: "a number of days" must be one a timedelta can hold.
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", allow_inf_nan=False)
+    # Frozen: load_settings hands the same instance to every caller while the environment
+    # stays the same.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", allow_inf_nan=False, frozen=True
+    )
 
     home: Path = Field(
         default_factory=_default_home,
@@ -140,12 +146,29 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    """The settings in force; SettingsError (one line naming the variables) when any is wrong."""
+    """The settings in force; SettingsError (one line naming the variables) when any is wrong.
+    Read again whenever the environment they come from changed; else the same instance (a
+    flow run asks dozens of times, and building them costs milliseconds each time)."""
     try:
-        return Settings()
+        return _settings(_environment())
     except ValidationError as exc:
         names = [str(e["loc"][0]) for e in exc.errors() if e["loc"]]
         raise SettingsError(invalid_settings_message(names)) from None
+
+
+def _environment() -> tuple[tuple[str, str], ...]:
+    """What the settings are read from: the DEMOGRAPHICS_ variables, and HOME (the default
+    home folder)."""
+    return tuple(
+        sorted(
+            (k, v) for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX) or k == "HOME"
+        )
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _settings(_environment: tuple[tuple[str, str], ...]) -> Settings:
+    return Settings()
 
 
 def env_name(field: str) -> str:

@@ -129,6 +129,15 @@ def product(
     return Product(db, sftp_server, smtp_server, staging)
 
 
+def district_run(code: str) -> Any:
+    """A district's sync-district-drop run in this process, as its state (an async flow)."""
+    import asyncio
+
+    from flows.pipeline import sync_district_drop
+
+    return asyncio.run(sync_district_drop(code, return_state=True))
+
+
 @pytest.fixture
 def served(db: str, prefect_api: Any) -> Iterator[Any]:
     """The deployments served from this process, by the runner `demographics serve` uses,

@@ -19,6 +19,7 @@ from flowhelp import (
     Product,
     csv_bytes,
     decoded,
+    district_run,
     parts,
     prefect_tables,
     runs,
@@ -38,7 +39,6 @@ from flows.pipeline import (
     discard_held_sync,
     nightly_sync,
     process_file,
-    sync_district_drop,
 )
 from tasks import process
 from tasks.sync import run_file
@@ -52,7 +52,7 @@ def hold_ready(p: Product) -> int:
     first = csv_bytes([line(ssid=s[1], gender="F") for s in STUDENTS])
     assert run_file(p.url, "d1", first, "first.csv", requested_by="test").status == "succeeded"
     p.put("d1", "change.csv", csv_bytes([line(ssid=s[1], gender="M") for s in STUDENTS]))
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
     held = [r for r in runs(p.url) if r["status"] == "held"]
     assert len(held) == 1 and held[0]["file_name"] == "change.csv"
     return int(held[0]["run_id"])
@@ -166,7 +166,7 @@ def test_an_unknown_host_key_is_refused_and_nothing_is_taken(product: Product) -
     p.put("d1", "a.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
     p.sftp.write_known_hosts(asyncssh.generate_private_key("ssh-ed25519"))
 
-    state = sync_district_drop("d1", return_state=True)
+    state = district_run("d1")
 
     assert state.is_failed()
     assert "host key" in (state.message or "")
@@ -230,7 +230,7 @@ def test_a_settling_file_is_left_for_the_next_run(
     p.put("d1", "uploading.csv", csv_bytes([line(ssid="0000000001", gender="F")]))
     p.put("d1", "done.csv", csv_bytes([line(ssid="0000000002", gender="M")]), timedelta(minutes=5))
 
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
 
     assert p.remote("d1") == ["uploading.csv"]
     assert [r["file_name"] for r in runs(p.url)] == ["done.csv"]
@@ -259,7 +259,7 @@ def test_files_past_retention_are_deleted_their_hold_discarded_and_managers_told
             "WHERE name = 'change.csv'"
         )
 
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
 
     assert p.remote("d1") == []
     (run,) = [r for r in runs(p.url) if r["run_id"] == held]
@@ -275,7 +275,7 @@ def test_a_fresh_upload_that_kept_an_old_time_is_synced_not_deleted(product: Pro
     p = product  # WinSCP, `sftp -p` and `rsync -t` keep the original modification time
     p.put("d1", "kept-time.csv", csv_bytes([line(ssid="0000000001", gender="M")]), timedelta(30))
 
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
 
     assert values(p.url, "d1")["s1"]["gender"] == "M" and p.remote("d1") == []
     assert all("old files deleted" not in str(m["Subject"]) for m in p.smtp.messages())
@@ -321,7 +321,7 @@ def test_hostile_names_are_refused_and_never_touched(product: Product) -> None:
     target = p.put("d1", "target.txt", b"x")
     (p.sftp.drop_dir / "d1" / "link.csv").symlink_to(target)
 
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
 
     assert p.remote("d1") == ["-rf.csv", "back\\slash.csv", "link.csv", "target.txt"]
     assert runs(p.url) == []
@@ -330,7 +330,7 @@ def test_hostile_names_are_refused_and_never_touched(product: Product) -> None:
     body = str(notice.get_body(("plain",)).get_content())  # type: ignore[union-attr]
     assert "link.csv: a link" in body and "-rf.csv: unsafe name" in body
     told = len(p.smtp.received)
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
     assert len(p.smtp.received) == told  # told once, not every night
 
 
@@ -341,7 +341,7 @@ def test_a_file_over_the_size_limit_is_rejected_unread(
     monkeypatch.setenv("DEMOGRAPHICS_MAX_FILE_MB", "0.0001")  # about 100 bytes
     p.put("d1", "big.csv", csv_bytes([line(ssid=f"00000000{i:02d}", gender="F") for i in range(9)]))
 
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
 
     (run,) = runs(p.url)
     assert run["status"] == "rejected" and "over the limit" in run["message"]
@@ -437,7 +437,7 @@ def test_a_held_sync_waits_then_is_applied_when_approved(product: Product) -> No
     text = str(hold_mail.get_body(("plain",)).get_content())  # type: ignore[union-attr]
     assert "approve-held-sync" in text and str(held) in text
 
-    assert sync_district_drop("d1", return_state=True).is_completed()  # the next night
+    assert district_run("d1").is_completed()  # the next night
     assert [r["status"] for r in runs(p.url)] == ["succeeded", "held"]
 
     result = approve_held_sync(held, approved_by=APPROVER)
@@ -652,7 +652,7 @@ def test_nothing_prefect_stores_holds_a_student_value(
         )
     try:
         p.put("d2", "fails.csv", csv_bytes([line(ssid="0000000006", race="Xrace")]))
-        assert sync_district_drop("d2", return_state=True).is_failed()
+        assert district_run("d2").is_failed()
     finally:
         with psycopg.connect(p.url) as conn:
             conn.execute("ALTER TABLE core.student_demographics DROP CONSTRAINT no_x")
@@ -687,5 +687,5 @@ def test_nothing_prefect_stores_holds_a_student_value(
 def hold_ready_again(p: Product) -> int:
     """A held file for d1 after the first files: every stored gender changes."""
     p.put("d1", "flip.csv", csv_bytes([line(ssid=s[1], gender="M") for s in STUDENTS]))
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
     return int([r for r in runs(p.url) if r["status"] == "held"][-1]["run_id"])

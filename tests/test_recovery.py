@@ -30,6 +30,7 @@ from flowhelp import (
     MANAGERS,
     Product,
     csv_bytes,
+    district_run,
     history_rows,
     prefect_tables,
     runs,
@@ -40,7 +41,7 @@ from smtp_server import USER, HangUpServer, SilentServer, SmtpServer
 from storehelp import line, load, values
 
 from flows.deploy import NIGHTLY, run_deployed
-from flows.pipeline import nightly_sync, process_file, sync_district_drop
+from flows.pipeline import nightly_sync, process_file
 from tasks.db import APPLICATION_NAME, connect, upgrade
 from tasks.drop import STAGING_PREFIX
 from tasks.sync import failure_reason
@@ -228,7 +229,7 @@ def test_a_worker_killed_after_the_commit_leaves_the_file_and_the_next_run_only_
     changes = history_rows(p.url)
     assert changes == 2
 
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
 
     second = runs(p.url)[-1]
     assert second["same_as_run_id"] == first["run_id"] and second["values_changed"] == 0
@@ -239,7 +240,10 @@ def test_a_worker_killed_after_the_commit_leaves_the_file_and_the_next_run_only_
 
 
 # A district run in a process of its own, as a worker runs it
-DISTRICT_RUN_OF_D1 = "from flows.pipeline import sync_district_drop; sync_district_drop('d1')"
+DISTRICT_RUN_OF_D1 = (
+    "import asyncio; from flows.pipeline import sync_district_drop; "
+    "asyncio.run(sync_district_drop('d1'))"
+)
 
 
 # --- the database going away mid-apply -------------------------------------------------------
@@ -433,7 +437,7 @@ def test_the_drop_lost_at_the_delete_keeps_the_file_and_the_next_run_only_delete
     assert "the SFTP drop at 127.0.0.1" in why[0] and "could not be reached after 2 tries" in why[0]
     changes = history_rows(p.url)
 
-    assert sync_district_drop("d1", return_state=True).is_completed()
+    assert district_run("d1").is_completed()
 
     second = runs(p.url)[-1]
     assert second["same_as_run_id"] == first["run_id"] and second["values_changed"] == 0
@@ -584,7 +588,7 @@ def test_the_district_run_names_the_failed_file_and_how_many_wait(product: Produ
         p.put("d1", "tuesday.csv", one_row("0000000002", gender="F"), timedelta(minutes=20))
         p.put("d1", "a-wednesday.csv", one_row("0000000003", gender="M"), timedelta(minutes=10))
 
-        state = sync_district_drop("d1", return_state=True)
+        state = district_run("d1")
     finally:
         with psycopg.connect(p.url) as conn:
             conn.execute("ALTER TABLE core.student_demographics DROP CONSTRAINT recovery_no_x")

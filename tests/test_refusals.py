@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from flowhelp import APPROVER, Product, csv_bytes, runs
+from flowhelp import APPROVER, Product, csv_bytes, district_run, runs
 from prefect import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -32,7 +32,6 @@ from flows.pipeline import (
     change_teacher_fields,
     discard_held_sync,
     process_file,
-    sync_district_drop,
 )
 from tasks.drop import FetchedFile
 from tasks.process import settling_refusal
@@ -72,14 +71,15 @@ def run_logs(state: State) -> list[Log]:
             APILogHandler().flush()
 
 
-def assert_refused(state: State, reason: str, *hidden: str) -> None:
+def assert_refused(state: State, reason: str, *hidden: str, tasks_ran: bool = True) -> None:
     """Failed, the message is the one-line reason, and the logs have no traceback and none
-    of `hidden` (the email refused)."""
+    of `hidden` (the email refused). `tasks_ran`: a task refused it (the request's own checks
+    are plain calls in the flow, not task runs)."""
     assert state.is_failed() and state.name == "Refused", state
     message = state.message or ""
     assert reason in message and "\n" not in message, message
     logs = run_logs(state)
-    assert any(log.task_run_id is not None for log in logs)  # the task runs' logs are read
+    assert any(log.task_run_id is not None for log in logs) == tasks_ran  # their logs are read
     text = "\n".join(log.message for log in logs)
     assert "Traceback" not in text, text
     assert any(log.level == logging.WARNING and reason in log.message for log in logs)
@@ -177,18 +177,23 @@ def test_a_refused_file_request_ends_failed_and_leaves_the_drop_alone(
     assert_refused(
         process_file("nowhere", "now.csv", return_state=True),
         "district nowhere is not in the database; load its roster first",
+        tasks_ran=False,
     )
     assert_refused(
         process_file("../d1", "now.csv", return_state=True),
         "refusing a district code that is not valid: a district code is 1 to 64",
+        tasks_ran=False,
     )
     assert_refused(
         process_file(STRANGER, "now.csv", return_state=True),
         "refusing a district code that is not valid",
         STRANGER,
+        tasks_ran=False,
     )
     assert_refused(
-        process_file("d1", "../d1/now.csv", return_state=True), "refusing the file '../d1/now.csv'"
+        process_file("d1", "../d1/now.csv", return_state=True),
+        "refusing the file '../d1/now.csv'",
+        tasks_ran=False,
     )
     monkeypatch.setenv("DEMOGRAPHICS_SETTLE_SECONDS", "120")
     assert_refused(process_file("d1", "now.csv", return_state=True), "may still be uploading")
@@ -216,7 +221,7 @@ def test_a_file_uploaded_again_during_the_nightly_run_waits_without_failing_the_
 
     p.sftp.on_read = upload_b_again
 
-    state = sync_district_drop("d1", return_state=True)
+    state = district_run("d1")
 
     assert state.is_completed(), state
     assert touched and p.remote("d1") == ["b.csv", "c.csv"]

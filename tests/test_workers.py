@@ -161,6 +161,17 @@ def pool(product: Product, prefect_api: Any, tmp_path: Path) -> Iterator[Workers
         workers.stop()
         for pid in processes_mentioning(str(tmp_path)):  # warm engines idle for an hour
             os.kill(pid, signal.SIGTERM)
+        forget_the_pool()
+
+
+def forget_the_pool() -> None:
+    """Delete the pool's deployments and the pool: a later test serves deployments of the same
+    names from a runner, which would not take them back from a pool."""
+    with get_client(sync_client=True) as client:
+        for deployment in client.read_deployments():
+            if deployment.work_pool_name == POOL:
+                client.delete_deployment(deployment.id)
+        client.delete_work_pool(POOL)
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -137,9 +137,11 @@ def approve(
 ) -> None:
     """Apply a held sync from the drop (the same file, by SHA-256), through Prefect."""
     _decision_refused(run_id, as_)
+    from flows.local import prefect_api
     from flows.pipeline import approve_held_sync
 
-    _flow_result("approve-held-sync", approve_held_sync(run_id, as_, return_state=True))
+    with prefect_api():  # a Prefect server on PostgreSQL unless PREFECT_API_URL names one
+        _flow_result("approve-held-sync", approve_held_sync(run_id, as_, return_state=True))
 
 
 @app.command()
@@ -149,9 +151,11 @@ def discard(
 ) -> None:
     """Drop a held sync and delete its file from the drop, through Prefect."""
     _decision_refused(run_id, as_)
+    from flows.local import prefect_api
     from flows.pipeline import discard_held_sync
 
-    _flow_result("discard-held-sync", discard_held_sync(run_id, as_, return_state=True))
+    with prefect_api():
+        _flow_result("discard-held-sync", discard_held_sync(run_id, as_, return_state=True))
 
 
 @app.command()

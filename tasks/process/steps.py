@@ -13,7 +13,7 @@ from email.message import EmailMessage
 import psycopg
 
 from tasks import access, store
-from tasks.db import connect
+from tasks.db import ready_connection
 from tasks.db import ready_database_url as _ready_database_url
 from tasks.drop import (
     DropFile,
@@ -55,7 +55,7 @@ def _url(settings: Settings | None = None) -> str:
 def _database(settings: Settings | None = None) -> psycopg.Connection:
     """A connection of its own for one step, in autocommit: a step that writes more than one
     statement together opens `conn.transaction()` itself. Use it with `with`."""
-    return connect(_url(settings), autocommit=True)
+    return ready_connection(settings or load_settings())
 
 
 @safe_step
