@@ -197,20 +197,23 @@ def _measure(
 
 def _deploy(env: dict[str, str], engine: str) -> None:
     prefect = [str(PREFECT), "--no-prompt"]
+    engine_command = f"command={ENGINES[engine]}"
     commands = (
         ["work-pool", "create", POOL, "--type", "process", "--overwrite"],
-        ["deploy", "--prefect-file", "deployments/prefect.yaml", "--all"]
-        + ["--job-variable", f"command={ENGINES[engine]}"],
+        ["deploy", "--prefect-file", "deployments/prefect.yaml", "--all"],
     )
     for command in commands:
+        if command[0] == "deploy":
+            command = [*command, "--job-variable", engine_command]
         done = subprocess.run(prefect + command, env=env, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _worker(env: dict[str, str], name: str, limit: int, home: Path) -> subprocess.Popen[bytes]:
     with (home / f"{name}.log").open("wb") as log:
+        start = [str(PREFECT), "worker", "start", "--pool", POOL, "--name", name]
         return subprocess.Popen(
-            [str(PREFECT), "worker", "start", "--pool", POOL, "--name", name, "--limit", str(limit)],
+            [*start, "--limit", str(limit)],
             env=env,
             cwd=ROOT,
             stdout=log,
