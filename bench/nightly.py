@@ -196,17 +196,16 @@ def _measure(
 
 
 def _deploy(env: dict[str, str], engine: str) -> None:
+    """The pool, and the deployments of deployments/prefect.yaml on it, `engine` their command."""
     prefect = [str(PREFECT), "--no-prompt"]
-    engine_command = f"command={ENGINES[engine]}"
-    commands = (
-        ["work-pool", "create", POOL, "--type", "process", "--overwrite"],
-        ["deploy", "--prefect-file", "deployments/prefect.yaml", "--all"],
-    )
-    for command in commands:
-        if command[0] == "deploy":
-            command = [*command, "--job-variable", engine_command]
-        done = subprocess.run(prefect + command, env=env, cwd=ROOT, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout + done.stderr
+    _run([*prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
+    deploy = [*prefect, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"]
+    _run([*deploy, "--job-variable", f"command={ENGINES[engine]}"], env)
+
+
+def _run(command: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _worker(env: dict[str, str], name: str, limit: int, home: Path) -> subprocess.Popen[bytes]:
