@@ -18,7 +18,10 @@ that once (the *warm engine*), on the worker's machine:
   the usual way (`exec python -m prefect.engine`), so the first run of a worker costs what it
   always did. A warm engine is keyed by the interpreter and the code it imported (every file of
   the project, and site-packages): a new release gets a new one, and an idle one exits after
-  IDLE_SECONDS. Its log is `engine-*.log` beside its socket, in a folder only its user reads.
+  IDLE_SECONDS. Its log is `engine-*.log` beside its socket, in a folder only its user reads
+  (one line per run: the flow run's id and the process it was forked as);
+- `python -m flows.engine --warm-up` starts it now and waits until it listens (for a worker's
+  start, or a test that needs its very first runs warm).
 
 Fork safety: the warm engine imports and nothing else (no thread, no connection); it checks
 that it has a single thread before it serves, and refuses otherwise.
@@ -73,7 +76,30 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 def main() -> None:
     if sys.argv[1:2] == ["--warm"]:
         serve_warm(Path(sys.argv[2]))
+    if sys.argv[1:2] == ["--warm-up"]:
+        warm_up()
     relay()
+
+
+WARM_UP_SECONDS = 120.0
+
+
+def warm_up() -> NoReturn:
+    """`python -m flows.engine --warm-up`: start this machine's warm engine now, if it is not
+    running, and wait until it listens, so that even a worker's first runs start warm."""
+    import time
+
+    path = folder() / f"{fingerprint()}.sock"
+    if _connect(path) is None:
+        _start_warm(path, retry=True)
+    deadline = time.monotonic() + WARM_UP_SECONDS
+    while (conn := _connect(path)) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the warm engine did not start; see {_log(path)}")
+        time.sleep(0.1)
+    conn.close()
+    print(f"warm engine ready: {path}")
+    sys.exit(0)
 
 
 # --- where the warm engine listens ---------------------------------------------------------
@@ -160,18 +186,35 @@ def _exit_as(code: int) -> NoReturn:
     os._exit(code if code >= 0 else 1)
 
 
-def _start_warm(path: Path) -> None:
-    """Start a warm engine for `path` in the background, unless one is starting already."""
-    import fcntl
+RETRY_SECONDS = 60.0  # a warm engine that failed to start is tried again after this
 
-    lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 - held by the warm engine
+
+def _log(path: Path) -> Path:
+    return path.with_name(f"engine-{path.stem}.log")
+
+
+def _start_warm(path: Path, retry: bool = False) -> None:
+    """Start a warm engine for `path` in the background, unless one is starting already (it
+    holds the lock) or one was started in the last RETRY_SECONDS and is not listening (it
+    failed: its log says why; the runs meanwhile start the usual way)."""
+    import fcntl
+    import time
+
+    lock_path = path.with_suffix(".lock")
+    lock = open(lock_path, "a")  # noqa: SIM115 - held by the warm engine
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.close()
         return  # another relay is starting it
+    tried = lock_path.stat()
+    if not retry and tried.st_size and time.time() - tried.st_mtime < RETRY_SECONDS:
+        lock.close()
+        return
+    lock.write("started\n")  # the lock's time and size say when one was last tried
+    lock.flush()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")} | WARM_ENV
-    with path.with_name(f"engine-{path.stem}.log").open("ab") as log:
+    with _log(path).open("ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "flows.engine", "--warm", str(path)],
             env=env,
@@ -242,18 +285,27 @@ def _listen(path: Path) -> socket.socket:
 
 
 def _handle(conn: socket.socket) -> NoReturn:
-    """In a fork of the warm engine: receive one run, fork it, report its pid and status."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    request, fds = _receive(conn)
-    pid = os.fork()
-    if pid == 0:
+    """In a fork of the warm engine: receive one run, fork it, report its pid and status.
+    Whatever happens here ends here (os._exit), never back in the warm engine's loop."""
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        request, fds = _receive(conn)
+        pid = os.fork()
+    except BaseException:
+        os._exit(1)
+    if pid == 0:  # the run: it exits as the engine does, atexit handlers and all
         conn.close()
         _run(request, fds)
-    for fd in fds:
-        os.close(fd)
-    conn.sendall(_INT.pack(pid))
-    _, status = os.waitpid(pid, 0)
-    conn.sendall(_INT.pack(status))
+    try:
+        for fd in fds:
+            os.close(fd)
+        conn.sendall(_INT.pack(pid))
+        run = request["env"].get("PREFECT__FLOW_RUN_ID", "?")  # an id, nothing of a student
+        print(f"flow run {run}: forked as process {pid}", file=sys.stderr, flush=True)
+        _, status = os.waitpid(pid, 0)
+        conn.sendall(_INT.pack(status))
+    except OSError:  # the relay went away: the lifeline has ended the run
+        pass
     os._exit(0)
 
 

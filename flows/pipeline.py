@@ -20,7 +20,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
+from prefect.context import SettingsContext, get_run_context, get_settings_context
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
@@ -226,7 +226,7 @@ def _settle(district: str, source: DropFile, status: str, run_id: int | None) ->
 # --- flows --------------------------------------------------------------------------------
 
 
-@flow(name="process-file", **FLOW_SETTINGS)
+@flow(name="process-file", flow_run_name="{district}/{file_name}", **FLOW_SETTINGS)
 def process_file(
     district: str,
     file_name: str,
@@ -371,8 +371,6 @@ _QUIET: dict[int, tuple[Any, Any]] = {}
 
 @contextmanager
 def _without_heartbeats() -> Iterator[None]:
-    from prefect.context import SettingsContext, get_settings_context
-
     context = get_settings_context()
     key = id(context.settings)
     if key not in _QUIET:

@@ -150,6 +150,17 @@ def pool(product: Product, prefect_api: Any, tmp_path: Path) -> Iterator[Workers
             prefect + command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE
         )
         assert done.returncode == 0, done.stdout + done.stderr
+    # The warm engine the runs are forked from (flows/engine.py), listening before the first
+    # run: every run of these tests is forked warm, as after a worker's first few.
+    warm = subprocess.run(
+        [sys.executable, "-m", "flows.engine", "--warm-up"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert warm.returncode == 0 and "warm engine ready" in warm.stdout, warm.stderr
     workers = Workers(env, tmp_path)
     workers.start("w1")
     workers.start("w2")
@@ -242,6 +253,12 @@ def test_two_workers_share_six_districts_each_synced_once_with_its_email_and_art
         assert latest_artifact(f"demographics-{code}").startswith(f"## {code}.csv: Succeeded")
     table = latest_artifact("nightly-demographics")
     assert table.count('"run": "ok"') == 6 and table.count('"outcomes": "1 Succeeded"') == 6
+    forked = warm_engine_log(tmp_path)  # each district's run, forked from the warm engine
+    assert all(f"flow run {r[0].id}: forked as process" in forked for r in by_district.values())
+
+
+def warm_engine_log(folder: Path) -> str:
+    return "".join(log.read_text() for log in folder.glob("demographics-engine-*/engine-*.log"))
 
 
 def latest_artifact(key: str) -> str:
@@ -287,6 +304,7 @@ def test_a_worker_killed_mid_district_leaves_its_file_and_the_next_nightly_appli
 
     (state,) = ended
     assert state.is_failed() and "1 of 6 districts failed: d3" in (state.message or "")
+    assert f"flow run {d3.id}: forked as process" in warm_engine_log(tmp_path)  # the lifeline
     (crashed,) = district_runs(since)["d3"]
     assert crashed.state.is_crashed() and f"its worker {worker} stopped" in crashed.state.message
     assert p.remote("d3") == ["d3.csv"] and values(p.url, "d3") == {}
