@@ -171,7 +171,7 @@ def _measure(
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "XDG_RUNTIME_DIR": str(runtime),
     }
-    _deploy(env, engine)
+    _deploy(env, engine, home)
     started = [_worker(env, f"w{n}", args.limit, home) for n in range(1, workers + 1)]
     try:
         _wait_until_ready(workers)
@@ -186,21 +186,28 @@ def _measure(
     files, own = _own_time(url)
     assert files == len(districts), f"{files} of {len(districts)} files synced"
     overhead = (wall - own) / files
+    forked = sum(log.read_text().count(": forked as") for log in runtime.rglob("engine-*.log"))
     print(
         f"{engine:>7} engine, {workers} worker{'s' if workers > 1 else ' '} (limit {args.limit}): "
         f"wall {wall:6.1f} s for {files} files; syncs' own time {own:5.1f} s; "
-        f"Prefect overhead {overhead:.2f} s per file",
+        f"Prefect overhead {overhead:.2f} s per file; {forked} runs forked warm",
         flush=True,
     )
     return {"wall": wall, "overhead": overhead}
 
 
-def _deploy(env: dict[str, str], engine: str) -> None:
-    """The pool, and the deployments of deployments/prefect.yaml on it, `engine` their command."""
+def _deploy(env: dict[str, str], engine: str, home: Path) -> None:
+    """The pool, and the deployments of deployments/prefect.yaml on it, `engine` their
+    command (the file's own for `warm`; for the peer, a copy whose command is replaced:
+    `prefect deploy --job-variable` does not override what the file sets)."""
     prefect = [str(PREFECT), "--no-prompt"]
     _run([*prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
-    deploy = [*prefect, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"]
-    _run([*deploy, "--job-variable", f"command={ENGINES[engine]}"], env)
+    declared = ROOT / "deployments" / "prefect.yaml"
+    text = declared.read_text(encoding="utf-8")
+    assert f"command: {ENGINES['warm']}" in text
+    copy = home / f"prefect-{engine}.yaml"
+    copy.write_text(text.replace(f"command: {ENGINES['warm']}", f"command: {ENGINES[engine]}"))
+    _run([*prefect, "deploy", "--prefect-file", str(copy), "--all"], env)
 
 
 def _run(command: list[str], env: dict[str, str]) -> None:

@@ -35,10 +35,12 @@ SERVED = {
 
 
 class ApiServer:
-    """A Prefect API server of its own (uvicorn on 127.0.0.1, SQLite), which a test may kill."""
+    """A Prefect API server of its own (uvicorn on 127.0.0.1, its tables in a PostgreSQL
+    database of its own), which a test may kill."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, database: str) -> None:
         self.home = home
+        self.database = database  # SQLAlchemy's URL of it
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -49,7 +51,7 @@ class ApiServer:
         env = {
             **os.environ,
             "PREFECT_HOME": str(self.home),
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home}/api.db",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.database,
             "PREFECT_UI_ENABLED": "false",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",  # a faster start; no blocks here
@@ -108,13 +110,20 @@ class ApiServer:
 
 
 @pytest.fixture(scope="module")
-def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def api_server(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[ApiServer]:
     """One API server for the module (its first start takes ~10 s); a test that kills it
     restarts it for the next one."""
-    server = ApiServer(tmp_path_factory.mktemp("prefect-api"))
-    server.start()
-    yield server
-    server.kill()
+    from conftest import psycopg_dbname, scratch_database
+
+    from tasks.db import asyncpg_url
+
+    with scratch_database(pg_server, "prefect_serve") as url:
+        server = ApiServer(
+            tmp_path_factory.mktemp("prefect-api"), asyncpg_url(url, psycopg_dbname(url))
+        )
+        server.start()
+        yield server
+        server.kill()
 
 
 @pytest.fixture
@@ -147,7 +156,7 @@ class Serving:
         deadline = time.monotonic() + 60
         while api.served_since(since) != SERVED:
             assert self.process.poll() is None, self.output()
-            assert time.monotonic() < deadline, "serve did not serve the six deployments in 60 s"
+            assert time.monotonic() < deadline, "serve did not serve the seven deployments in 60 s"
             time.sleep(0.1)
 
     def output(self) -> str:
@@ -280,3 +289,52 @@ def test_serve_without_a_reachable_api_says_so_in_one_line(tmp_path: Path) -> No
         f"error: cannot reach the Prefect API at {url} (ConnectError); "
         "start it (prefect server start) or set PREFECT_API_URL"
     ]
+
+
+def test_serve_with_no_prefect_api_starts_a_prefect_server_on_postgresql_with_its_ui(
+    db: str, prefect_api: Any, tmp_path: Path
+) -> None:
+    """With no PREFECT_API_URL, serve starts `prefect server start` (the API and the UI) on
+    PostgreSQL, serves the deployments on it, and stops it when it stops, within 5 s."""
+    from conftest import psycopg_dbname
+
+    from flows.local import free_port
+    from tasks.db import asyncpg_url
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_API_PORT": str(port),  # not 4200: a developer's own may be running
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": asyncpg_url(
+            prefect_api.database, psycopg_dbname(prefect_api.database)
+        ),
+    }
+    env.pop("PREFECT_API_URL")
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([str(EXE), "serve"], env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving 7 deployments" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert f"Prefect UI: http://127.0.0.1:{port} (its database: PostgreSQL)" in log.read_text()
+        ui = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert ui.status_code == 200 and "<html" in ui.text.lower()  # the UI is served
+        served = httpx.post(
+            f"http://127.0.0.1:{port}/api/deployments/filter", json={}, timeout=10
+        ).json()
+        assert {d["name"] for d in served} >= SERVED
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(PROMISE_SECONDS + 15)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0 and took < PROMISE_SECONDS, log.read_text()
+    assert log.read_text().splitlines()[-1] == "stopped serving (SIGTERM)"
+    with pytest.raises(httpx.TransportError):  # its Prefect server stopped with it
+        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
