@@ -192,6 +192,31 @@ def wait_until_served(deployment: str, pool: str | None = None, timeout: float =
     raise AssertionError(f"{deployment} was not served within {timeout:g} s")
 
 
+def latest_artifact(key: str) -> str:
+    """The data of the newest artifact under `key`, as the Artifacts page shows it."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=50
+        )
+    assert found, f"no artifact keyed {key}"
+    return str(max(found, key=lambda a: a.created).data)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """The pids of this machine's processes whose command line holds `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue  # it ended meanwhile
+    return found
+
+
 # --- what Prefect keeps --------------------------------------------------------------------
 
 

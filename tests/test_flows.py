@@ -20,6 +20,7 @@ from flowhelp import (
     csv_bytes,
     decoded,
     district_run,
+    latest_artifact,
     parts,
     prefect_tables,
     runs,
@@ -575,17 +576,6 @@ def file_run_logs(state: State, wanted: str) -> list[str]:
             break
         time.sleep(0.2)
     return [m for m in found if m.startswith(wanted)]
-
-
-def latest_artifact(key: str) -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=50
-        )
-    assert found, f"no artifact keyed {key}"
-    return str(max(found, key=lambda a: a.created).data)
 
 
 def test_each_file_run_ends_named_for_its_outcome_with_its_artifact_and_line(

@@ -33,6 +33,7 @@ from flowhelp import (
     district_run,
     history_rows,
     prefect_tables,
+    processes_mentioning,
     runs,
     stored_files,
     wait_until_prefect_has_stored_everything,
@@ -529,15 +530,7 @@ def test_served_deployments_run_as_many_districts_at_once_as_configured(
 
 def prefect_servers() -> set[int]:
     """The pids of the `prefect server start` processes on this machine."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"prefect" in command and b"server" in command and b"start" in command:
-            found.add(int(entry.name))
-    return found
+    return set(processes_mentioning("prefect\0server\0start"))
 
 
 def test_the_nightly_command_without_a_prefect_server_starts_one_on_postgresql_and_serves(

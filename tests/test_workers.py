@@ -21,7 +21,14 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import write_roster
-from flowhelp import Product, csv_bytes, runs, wait_until_served
+from flowhelp import (
+    Product,
+    csv_bytes,
+    latest_artifact,
+    processes_mentioning,
+    runs,
+    wait_until_served,
+)
 from lockhelp import HeldLock
 from prefect import get_client
 from prefect.client.schemas.filters import (
@@ -185,18 +192,6 @@ def forget_the_pool() -> None:
         client.delete_work_pool(POOL)
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """The pids of this machine's processes whose command line holds `text`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 def online() -> set[str]:
     with get_client(sync_client=True) as client:
         found = client.read_workers_for_work_pool(POOL)
@@ -259,17 +254,6 @@ def test_two_workers_share_six_districts_each_synced_once_with_its_email_and_art
 
 def warm_engine_log(folder: Path) -> str:
     return "".join(log.read_text() for log in folder.glob("demographics-engine-*/engine-*.log"))
-
-
-def latest_artifact(key: str) -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=50
-        )
-    assert found, f"no artifact keyed {key}"
-    return str(max(found, key=lambda a: a.created).data)
 
 
 def in_a_thread(run: Callable[[], State]) -> tuple[threading.Thread, list[State]]:
