@@ -114,6 +114,9 @@ def start_prefect_server(
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true" if ui else "false",
+        # The UI asks the API at the address this names, not at the --port it is served on
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
         **(env or {}),
     }
     environment.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)

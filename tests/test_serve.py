@@ -322,6 +322,8 @@ def test_serve_with_no_prefect_api_starts_a_prefect_server_on_postgresql_with_it
         assert f"Prefect UI: http://127.0.0.1:{port} (its database: PostgreSQL)" in log.read_text()
         ui = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert ui.status_code == 200 and "<html" in ui.text.lower()  # the UI is served
+        settings = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()
+        assert settings["api_url"] == f"http://127.0.0.1:{port}/api"  # and finds its API
         served = httpx.post(
             f"http://127.0.0.1:{port}/api/deployments/filter", json={}, timeout=10
         ).json()
