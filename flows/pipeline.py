@@ -226,7 +226,21 @@ def _settle(district: str, source: DropFile, status: str, run_id: int | None) ->
 # --- flows --------------------------------------------------------------------------------
 
 
-@flow(name="process-file", flow_run_name="{district}/{file_name}", **FLOW_SETTINGS)
+def _file_run_name() -> str:
+    """district/file, never a typed value that is not a district code (it may be an email)."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    return process.file_run_name(parameters.get("district"), parameters.get("file_name"))
+
+
+def _district_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return process.district_run_name(flow_run.parameters.get("district"))
+
+
+@flow(name="process-file", flow_run_name=_file_run_name, **FLOW_SETTINGS)
 def process_file(
     district: str,
     file_name: str,
@@ -318,7 +332,7 @@ def _publish(district: str, file_name: str, outcome: SyncOutcome) -> None:
 # steps), and a night has a district run per district. The heartbeats themselves stay on (they
 # tell a run whose process died). In an async flow, Prefect's functions that have an async
 # twin (a state's result, creating an artifact) return a coroutine unless told `_sync=True`.
-@flow(name="sync-district-drop", flow_run_name="{district}", **FLOW_SETTINGS)
+@flow(name="sync-district-drop", flow_run_name=_district_run_name, **FLOW_SETTINGS)
 async def sync_district_drop(district: str) -> dict[str, Any]:
     """Every ready file of one district, oldest first. Files past retention are deleted, files
     too large are rejected unread, and the first failed file stops the district: a later file

@@ -306,3 +306,13 @@ def test_artifact_keys_are_what_prefect_accepts_one_per_district() -> None:
 
     assert artifact_key("maple-valley") == "demographics-maple-valley"
     assert artifact_key("North_County.2") == "demographics-north-county-2"
+
+
+def test_a_run_is_named_for_its_district_and_file_never_for_a_typed_email() -> None:
+    from tasks.process import district_run_name, file_run_name
+
+    assert district_run_name("maple-valley") == "maple-valley"
+    assert file_run_name("maple-valley", "fall 2026.csv") == "maple-valley/fall 2026.csv"
+    typed = "ana.student@students.example.org"  # typed into the run form as the district
+    assert typed not in district_run_name(typed) + file_run_name(typed, "a.csv")
+    assert file_run_name("d1", "bad\x1bname.csv") == "d1/bad\\x1bname.csv"  # escaped

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from schemas.districts import shown_code
 from tasks import store
-from tasks.drop import DropFile, DropListing, FetchedFile, RefusedEntry
+from tasks.drop import DropFile, DropListing, FetchedFile, RefusedEntry, escape_name
 
 # Outcomes after which the source file has done its job: the result is committed and
 # recorded, and a fixed file comes back under a new upload.
@@ -170,3 +171,14 @@ def discard_notice(held: store.HeldRun, manager: str, fate: str) -> Notice:
             f"Source file: {fate}.",
         ],
     )
+
+
+def district_run_name(district: object) -> str:
+    """A district run's name in the Prefect UI: its code; words instead when what was typed
+    for it is not a district code (it may be anything, a student's email too)."""
+    return shown_code(district)
+
+
+def file_run_name(district: object, file_name: object) -> str:
+    """A file run's name in the Prefect UI: district/file, as safe to show as the logs."""
+    return f"{shown_code(district)}/{escape_name(str(file_name))}"
