@@ -7,7 +7,7 @@ is ignored. Headers are matched ignoring case and spaces, like the demographics 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 # The full OneRoster 1.1 CSV headers, as a student information system writes them.
@@ -93,6 +93,7 @@ class RosterResult:
     issues: list[RosterIssue]
     counts: dict[str, RosterCounts]
     loaded: bool
+    granted: list[str] = field(default_factory=list)  # pending data managers now granted
 
     @property
     def errors(self) -> int:
@@ -104,6 +105,7 @@ class RosterResult:
                 "district": self.district,
                 "loaded": self.loaded,
                 "counts": {k: asdict(v) for k, v in self.counts.items()},
+                "granted_managers": self.granted,
                 "issues": [asdict(i) for i in self.issues],
             },
             indent=2,

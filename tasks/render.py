@@ -142,6 +142,8 @@ def render_roster(result: RosterResult, max_issues: int = DEFAULT_TEXT_ISSUES) -
                 f"  {name:<12} {c.active:>8} active  (+{c.added} added, {c.updated} updated, "
                 f"{c.deactivated} deactivated)"
             )
+        for email in result.granted:
+            lines.append(f"  {email} is now a data manager (named when the district was added)")
     else:
         lines.append(
             f"roster of district {result.district} NOT loaded: {result.errors} errors "

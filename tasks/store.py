@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
-from schemas.districts import shown_code
+from schemas.districts import DISTRICT_CODE_RULE, is_district_code, shown_code
 from tasks.errors import DemographicsError
 
 
@@ -32,12 +33,13 @@ class District:
     hold_limit: float
     gender_codes: tuple[str, ...]
     recipients: tuple[str, ...]
+    roster_limit: float = 0.10
 
 
 def get_district(conn: psycopg.Connection, code: str) -> District:
     row = conn.execute(
         """SELECT d.district_id, d.code, d.name, s.error_limit, s.hold_limit, s.gender_codes,
-                  s.notification_recipients
+                  s.notification_recipients, s.roster_limit
            FROM core.districts d JOIN core.district_settings s USING (district_id)
            WHERE d.code = %s AND d.active""",
         (code,),
@@ -45,8 +47,8 @@ def get_district(conn: psycopg.Connection, code: str) -> District:
     if row is None:
         shown = shown_code(code)
         raise UnknownDistrict(
-            f"district {shown} is not in the database; load its roster first "
-            f"(demographics roster load DIR --district {shown})"
+            f"district {shown} is not in the database; an operator adds it first "
+            f"(demographics district add {shown} --name NAME --manager EMAIL)"
         )
     return District(
         district_id=row[0],
@@ -56,7 +58,46 @@ def get_district(conn: psycopg.Connection, code: str) -> District:
         hold_limit=float(row[4]),
         gender_codes=tuple(row[5]),
         recipients=tuple(row[6]),
+        roster_limit=float(row[7]),
     )
+
+
+EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+class DistrictExists(DemographicsError):
+    """The code is taken; the message is safe to print."""
+
+
+def add_district(
+    conn: psycopg.Connection, code: str, name: str, manager_email: str, added_by: str
+) -> int:
+    """Add a district before its first roster (an operator's act); returns its id.
+
+    Its first data manager is pending until a roster lists them as active staff (see
+    `tasks.access.grant_pending_managers`); until then the district's emails go to them.
+    """
+    if not is_district_code(code):
+        raise InvalidSetting(DISTRICT_CODE_RULE)
+    if not name.strip():
+        raise InvalidSetting("the district's name is empty")
+    if not EMAIL_SHAPE.fullmatch(manager_email):
+        raise InvalidSetting("the data manager's email is not an email address (name@domain)")
+    with conn.transaction():
+        row = conn.execute(
+            """INSERT INTO core.districts (code, name) VALUES (%s, %s)
+               ON CONFLICT (code) DO NOTHING RETURNING district_id""",
+            (code, name.strip()),
+        ).fetchone()
+        if row is None:
+            raise DistrictExists(f"district {code} already exists; nothing was changed")
+        district_id = int(row[0])
+        conn.execute("INSERT INTO core.district_settings (district_id) VALUES (%s)", (district_id,))
+        conn.execute(
+            "INSERT INTO core.pending_managers (district_id, email, added_by) VALUES (%s, %s, %s)",
+            (district_id, manager_email, added_by),
+        )
+    return district_id
 
 
 def lock_district(cur: psycopg.Cursor, district_id: int, code: str, wait_seconds: float) -> None:
@@ -199,11 +240,16 @@ def update_settings(
     hold_limit: float | None = None,
     gender_codes: tuple[str, ...] | None = None,
     recipients: tuple[str, ...] | None = None,
+    roster_limit: float | None = None,
 ) -> District:
     """Change a district's settings; only the ones given. Returns the settings now in force."""
-    for name, value in (("error limit", error_limit), ("hold limit", hold_limit)):
+    for name, value in (
+        ("error limit", error_limit),
+        ("hold limit", hold_limit),
+        ("roster limit", roster_limit),
+    ):
         if value is not None and not 0 <= value <= 1:
-            raise InvalidSetting(f"the {name} is a share of rows between 0 and 1 (0.2 = 20 %)")
+            raise InvalidSetting(f"the {name} is a share between 0 and 1 (0.2 = 20 %)")
     if gender_codes is not None and (
         not gender_codes or any(not c.isalnum() or len(c) > 8 for c in gender_codes)
     ):
@@ -218,6 +264,7 @@ def update_settings(
                    hold_limit = coalesce(%s, hold_limit),
                    gender_codes = coalesce(%s, gender_codes),
                    notification_recipients = coalesce(%s, notification_recipients),
+                   roster_limit = coalesce(%s, roster_limit),
                    updated_at = now()
                WHERE district_id = %s""",
             (
@@ -225,6 +272,7 @@ def update_settings(
                 hold_limit,
                 None if gender_codes is None else list(gender_codes),
                 None if recipients is None else list(recipients),
+                roster_limit,
                 district.district_id,
             ),
         )

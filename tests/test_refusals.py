@@ -176,7 +176,7 @@ def test_a_refused_file_request_ends_failed_and_leaves_the_drop_alone(
 
     assert_refused(
         process_file("nowhere", "now.csv", return_state=True),
-        "district nowhere is not in the database; load its roster first",
+        "district nowhere is not in the database; an operator adds it first",
         tasks_ran=False,
     )
     assert_refused(

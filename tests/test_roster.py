@@ -150,3 +150,44 @@ def test_the_cli_loads_a_roster_and_reports_errors(db: str, tmp_path: Path, cli)
             "column": "classSourcedId",
         }
     ]
+
+
+def test_a_district_added_first_takes_its_roster_and_its_first_data_manager(
+    db: str, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    added = cli("district", "add", "new-d", "--name", "New District", "--manager", "T1@example.org")
+    assert added.exit_code == 0, added.output
+    assert "district new-d (New District) added" in added.output
+    again = cli("district", "add", "new-d", "--name", "Again", "--manager", "x@example.org")
+    assert (again.exit_code, again.output.strip()) == (
+        2,
+        "error: district new-d already exists; nothing was changed",
+    )
+    bad = cli("district", "add", "new d", "--name", "N", "--manager", "x@example.org")
+    assert bad.exit_code == 2 and "a district code is 1 to 64 letters" in bad.output
+    not_email = cli("district", "add", "d2", "--name", "N", "--manager", "0000000001")
+    assert not_email.exit_code == 2 and "0000000001" not in not_email.output
+    # Before any roster, the district's mail goes to the manager named when it was added.
+    from tasks.access import manager_emails, pending_manager_emails
+    from tasks.store import get_district
+
+    with psycopg.connect(db) as conn:
+        district = get_district(conn, "new-d")
+        assert pending_manager_emails(conn, district.district_id) == ("T1@example.org",)
+        assert manager_emails(conn, district.district_id) == ()
+    result = load(db, "new-d", write_roster(tmp_path / "r", STUDENTS, district="org-n"))
+    assert result.granted == ["T1@example.org"]
+    with psycopg.connect(db) as conn:
+        assert pending_manager_emails(conn, district.district_id) == ()
+        assert manager_emails(conn, district.district_id) == ("t1@example.org",)
+        act = conn.execute(
+            "SELECT act, actor FROM core.access_acts WHERE district_id = %s",
+            (district.district_id,),
+        ).fetchall()
+    assert act == [("grant_manager", act[0][1])] and act[0][1]
+    # The first roster fixed which district org it is: another one is refused.
+    with (
+        psycopg.connect(db) as conn,
+        pytest.raises(RosterRefused, match="belongs to a different district"),
+    ):
+        load_roster(conn, "new-d", read_roster(write_roster(tmp_path / "o", STUDENTS)))

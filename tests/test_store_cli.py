@@ -22,8 +22,8 @@ from tasks.db import MigrationChanged, migrations, pending, upgrade
 D = "d1"
 DEMOGRAPHICS = Path(sys.executable).with_name("demographics")
 UNKNOWN = (
-    "error: district nowhere is not in the database; load its roster first "
-    "(demographics roster load DIR --district nowhere)\n"
+    "error: district nowhere is not in the database; an operator adds it first "
+    "(demographics district add nowhere --name NAME --manager EMAIL)\n"
 )
 
 
@@ -70,8 +70,8 @@ def test_sync_exit_status_follows_the_contract(district: str, tmp_path: Path, cl
     result = cli("sync", bad, "--district", "nowhere")
     assert result.exit_code == 2
     assert result.output.strip() == (
-        "error: district nowhere is not in the database; load its roster first "
-        "(demographics roster load DIR --district nowhere)"
+        "error: district nowhere is not in the database; an operator adds it first "
+        "(demographics district add nowhere --name NAME --manager EMAIL)"
     )
     result = cli("sync", tmp_path / "missing.csv", "--district", D)
     assert result.exit_code == 2 and "no such file" in result.output
@@ -219,9 +219,7 @@ def test_settings_show_and_change_what_the_sync_uses(district: str, tmp_path: Pa
     assert result.exit_code == 0 and doc["sync"]["updated"] == 2
     bad = cli("settings", "--district", D, "--error-limit", "20")
     assert bad.exit_code == 2
-    assert bad.output.strip() == (
-        "error: the error limit is a share of rows between 0 and 1 (0.2 = 20 %)"
-    )
+    assert bad.output.strip() == ("error: the error limit is a share between 0 and 1 (0.2 = 20 %)")
 
 
 def test_a_configured_server_with_an_old_schema_is_refused_not_upgraded(db: str, cli) -> None:  # type: ignore[no-untyped-def]

@@ -336,5 +336,5 @@ def test_preview_writes_nothing(district: str) -> None:
 def test_unknown_district_is_a_clear_error(db: str) -> None:
     from tasks.store import UnknownDistrict
 
-    with pytest.raises(UnknownDistrict, match="load its roster first"):
+    with pytest.raises(UnknownDistrict, match="an operator adds it first"):
         sync(db, "nowhere", [line("0000000001", gender="F")])

@@ -1,4 +1,5 @@
-"""`demographics db ...` and `demographics roster load`: the database and the roster in it."""
+"""`demographics db ...`, `district add` and `roster load`: the database, its districts and
+their rosters."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ db_app = typer.Typer(
     help="The database: URL, schema upgrade, embedded server.", no_args_is_help=True
 )
 roster_app = typer.Typer(help="The district roster (OneRoster 1.1 CSV).", no_args_is_help=True)
+district_app = typer.Typer(help="Districts: add one before its first roster.", no_args_is_help=True)
 
 
 @db_app.command("url")
@@ -98,3 +100,30 @@ def roster_load(
         result = load_roster(conn, district, snapshot, load_settings().lock_wait_seconds)
     typer.echo(result.to_json() if format is SyncFormat.json else render_roster(result), nl=False)
     raise typer.Exit(0 if result.loaded else 1)
+
+
+@district_app.command("add")
+@one_line_errors
+def district_add(
+    code: Annotated[str, typer.Argument(help="The district's code, as its drop folder is named.")],
+    name: Annotated[str, typer.Option("--name", help="The district's name.")],
+    manager: Annotated[
+        str,
+        typer.Option(
+            "--manager",
+            help="Its first data manager's email: they get the district's emails, and become "
+            "a data manager when a roster lists them as staff.",
+        ),
+    ],
+) -> None:
+    """Add a district before its first roster, so the roster can arrive by the drop (an
+    operator command). Its drop folder is <drop>/<code>/, the roster goes in its roster/."""
+    from tasks.db import connect, ready_database_url
+    from tasks.store import add_district
+    from tasks.sync import default_requester
+
+    with connect(ready_database_url(), autocommit=True) as conn:
+        add_district(conn, code, name, manager, default_requester())
+    typer.echo(f"district {code} ({name.strip()}) added")
+    typer.echo(f"  first data manager: {manager} (granted when a roster lists them as staff)")
+    typer.echo(f"  its roster goes in the drop's {code}/roster/ folder, its files in {code}/")

@@ -157,6 +157,12 @@ def settings(
     notify: Annotated[
         str | None, typer.Option(help="Notification recipients, comma-separated emails.")
     ] = None,
+    roster_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Hold a roster that would deactivate more than this share of active students."
+        ),
+    ] = None,
 ) -> None:
     """Show a district's settings, or change the ones given (an operator command)."""
     from tasks.db import connect, ready_database_url
@@ -170,12 +176,17 @@ def settings(
             hold_limit,
             None if gender_codes is None else parse_gender_codes(gender_codes),
             None if notify is None else split_list(notify),
+            roster_limit,
         )
     typer.echo(f"district {now.code} ({now.name})")
     typer.echo(f"  error limit   {now.error_limit:.0%} of rows with errors rejects a file")
     typer.echo(
         f"  hold limit    {now.hold_limit:.0%} of students with values on record changed "
         "holds a sync"
+    )
+    typer.echo(
+        f"  roster limit  {now.roster_limit:.0%} of active students deactivated holds a roster "
+        "(so does a school left with none)"
     )
     typer.echo(f"  gender codes  {', '.join(now.gender_codes)}")
     typer.echo(f"  notify        {', '.join(now.recipients) or '(nobody yet)'}")

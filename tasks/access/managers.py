@@ -167,3 +167,43 @@ def manager_emails(conn: psycopg.Connection, district_id: int) -> tuple[str, ...
         (district_id,),
     ).fetchall()
     return tuple(email for email, _at in sorted(rows, key=lambda r: (r[1], r[0])))
+
+
+def pending_manager_emails(conn: psycopg.Connection, district_id: int) -> tuple[str, ...]:
+    """The first data manager named when the district was added, until a roster has them."""
+    rows = conn.execute(
+        "SELECT email FROM core.pending_managers WHERE district_id = %s ORDER BY added_at, email",
+        (district_id,),
+    ).fetchall()
+    return tuple(r[0] for r in rows)
+
+
+def grant_pending_managers(conn: psycopg.Connection, district_id: int) -> list[str]:
+    """Grant each pending data manager whom the roster now has as active staff (by email,
+    ignoring case), as the operator who added the district; returns their emails. Run in the
+    roster load's transaction."""
+    rows = conn.execute(
+        """DELETE FROM core.pending_managers p USING core.staff sf
+           WHERE p.district_id = %s AND sf.district_id = p.district_id
+             AND sf.active AND sf.enabled AND lower(sf.email) = lower(p.email)
+           RETURNING p.email, p.added_by, sf.staff_id""",
+        (district_id,),
+    ).fetchall()
+    for email, added_by, staff_id in rows:
+        granted = conn.execute(
+            """INSERT INTO core.data_managers (district_id, staff_id, granted_by)
+               VALUES (%s, %s, %s)
+               ON CONFLICT (district_id, staff_id) WHERE revoked_at IS NULL DO NOTHING
+               RETURNING grant_id""",
+            (district_id, staff_id, added_by),
+        ).fetchone()
+        if granted is not None:
+            record_act(
+                conn,
+                district_id,
+                "grant_manager",
+                added_by,
+                subject_staff_id=staff_id,
+                detail={"named_when": "the district was added", "email": email},
+            )
+    return [r[0] for r in rows]

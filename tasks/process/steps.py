@@ -232,12 +232,16 @@ def apply_views_and_grants() -> access.AccessViews:
 
 
 def _addressed(district: str) -> tuple[store.District, tuple[str, ...], str]:
-    """The district, its notification list when it has one (else its data managers), and
-    the sender address: what every message to a district needs."""
+    """The district, its notification list when it has one (else its data managers, else the
+    one named when it was added), and the sender address: what every message needs."""
     settings = load_settings()
     with _database(settings) as conn:
         found = store.get_district(conn, district)
-        recipients = found.recipients or access.manager_emails(conn, found.district_id)
+        recipients = (
+            found.recipients
+            or access.manager_emails(conn, found.district_id)
+            or access.pending_manager_emails(conn, found.district_id)
+        )
     return found, recipients, settings.mail_from
 
 

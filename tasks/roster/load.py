@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from schemas.roster import STAFF_ROLES, RosterCounts, RosterResult
+from tasks.access.managers import grant_pending_managers
 from tasks.db import copy_frame
 from tasks.errors import DemographicsError
 from tasks.roster.read import RosterSnapshot
@@ -52,12 +53,14 @@ def load_roster(
             copy_frame(cur, f"r_{table}", frame)
         for entity in ENTITIES:
             counts[entity] = _load_entity(cur, district_id, entity)
-    return RosterResult(district_code, snapshot.issues, counts, loaded=True)
+        granted = grant_pending_managers(conn, district_id)
+    return RosterResult(district_code, snapshot.issues, counts, loaded=True, granted=granted)
 
 
 def _district_id(cur: psycopg.Cursor, district_code: str, sourced_id: str, name: str) -> int:
-    """The district's id, created with its settings on its first roster; a roster of another
-    district (its district org has another sourcedId) is refused."""
+    """The district's id, created with its settings on its first roster unless an operator
+    added it; a roster of another district (its district org has another sourcedId than the
+    one its first roster had) is refused."""
     row = cur.execute(
         "SELECT district_id, sourced_id FROM core.districts WHERE code = %s",
         (district_code,),
@@ -71,7 +74,12 @@ def _district_id(cur: psycopg.Cursor, district_code: str, sourced_id: str, name:
         assert row is not None
         cur.execute("INSERT INTO core.district_settings (district_id) VALUES (%s)", (row[0],))
     district_id, known_source = row
-    if known_source != sourced_id:
+    if known_source is None:  # added by an operator: its first roster says which org it is
+        cur.execute(
+            "UPDATE core.districts SET sourced_id = %s WHERE district_id = %s",
+            (sourced_id, district_id),
+        )
+    elif known_source != sourced_id:
         raise RosterRefused(
             f"district {district_code} was loaded from a roster whose district org has "
             "another sourcedId; this roster belongs to a different district, so nothing "
