@@ -872,3 +872,37 @@ def test_clean_staging_defaults_to_the_system_temp_and_a_missing_folder_is_empty
     assert not old.exists()
     missing = Settings(home=tmp_path / "home", staging_dir=tmp_path / "missing")
     assert clean_staging(missing) == 0
+
+
+# --- the district's subfolders -----------------------------------------------------------
+
+
+def test_roster_and_preview_are_folders_of_their_own_with_their_own_names(env: Env) -> None:
+    drop = env.drop()
+    env.place("demographics.csv")
+    drop.put(D, "users.csv", b"sourcedId\n", folder="roster")
+    drop.put(D, "export.ZIP", b"PK", folder="roster")
+    drop.put(D, "check.csv", CONTENT, folder="preview")
+    assert [f.name for f in drop.list(D).ready] == ["demographics.csv"]  # folders not its files
+    roster = drop.list(D, folder="roster", now=datetime.now(UTC) + timedelta(hours=1))
+    assert sorted(f.name for f in roster.ready) == ["export.ZIP", "users.csv"]
+    preview = drop.list(D, folder="preview", now=datetime.now(UTC) + timedelta(hours=1))
+    assert [f.name for f in preview.ready] == ["check.csv"]
+    fetched = drop.fetch(D, "check.csv", folder="preview")
+    assert fetched.data == CONTENT
+    assert drop.delete(D, "check.csv", fetched, folder="preview") is True
+    assert not (env.base / D / "preview" / "check.csv").exists()
+    assert (env.base / D / "demographics.csv").exists()
+    with pytest.raises(DropRefused, match="does not end in .csv"):
+        drop.put(D, "roster.zip", b"PK", folder="preview")  # a .zip is taken only as a roster
+    with pytest.raises(DropRefused, match="not roster/ or preview/"):
+        drop.list(D, folder="../other")
+
+
+def test_a_missing_subfolder_lists_empty_and_one_that_is_a_link_is_not_read(env: Env) -> None:
+    drop = env.drop()
+    env.place("x.csv")
+    assert drop.list(D, folder="roster").ready == []
+    (env.base / D / "preview").symlink_to(env.base / D)
+    with pytest.raises(DropMisconfigured, match=r"preview.*link or not a folder"):
+        drop.list(D, folder="preview")

@@ -1,9 +1,11 @@
 """The district file drop: list, fetch and delete the CSV files districts upload.
 
 Each district has its own folder `<base>/<district>/`; every `*.csv` in it (suffix in any case)
-is a file to process, oldest first. The drop is a local folder (`file:///...`, the default) or
-an SFTP server (`sftp://user@host:port/base`), reached with one private key and a pinned host
-key only.
+is a file to process, oldest first. Its `roster/` holds a OneRoster export (CSV files or one
+.zip), its `preview/` files to check without syncing (`FOLDERS`).
+
+The drop is a local folder (`file:///...`, the default) or an SFTP server
+(`sftp://user@host:port/base`), reached with one private key and a pinned host key only.
 
 The drop is written by people outside the project, so nothing in it is trusted: names are
 checked before they become paths, links are never followed, sizes are capped before and while
@@ -26,6 +28,7 @@ from tasks.drop.hostkeys import HostKeyPins, addresses_of, host_key_algorithms, 
 from tasks.drop.local import LocalDrop
 from tasks.drop.model import (
     CHUNK_BYTES,
+    FOLDERS,
     MAX_NAME_LENGTH,
     REASON_DIRECTORY,
     REASON_LINK,
@@ -44,9 +47,11 @@ from tasks.drop.model import (
     HostKeyRefused,
     RefusedEntry,
     check_district,
+    check_folder,
     check_name,
     escape_name,
     megabytes,
+    where,
 )
 from tasks.drop.sftp import (
     CONNECT_TIMEOUT_SECONDS,
@@ -62,6 +67,7 @@ from tasks.settings import Settings
 __all__ = [
     "CHUNK_BYTES",
     "CONNECT_TIMEOUT_SECONDS",
+    "FOLDERS",
     "KEEPALIVE_COUNT_MAX",
     "KEEPALIVE_SECONDS",
     "LOGIN_TIMEOUT_SECONDS",
@@ -88,6 +94,7 @@ __all__ = [
     "SftpDrop",
     "addresses_of",
     "check_district",
+    "check_folder",
     "check_name",
     "clean_staging",
     "escape_name",
@@ -95,6 +102,7 @@ __all__ = [
     "megabytes",
     "open_drop",
     "read_host_key_pins",
+    "where",
 ]
 
 

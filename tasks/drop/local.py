@@ -23,6 +23,7 @@ from tasks.drop.model import (
     FetchedFile,
     check_district,
     check_file,
+    check_folder,
     check_regular,
     delete_file,
     gone,
@@ -42,13 +43,27 @@ class LocalDrop:
         self.description = base.as_uri()
         self._base_may_be_missing = base_may_be_missing
 
-    def _open_folder(self, district: str) -> int | None:
-        """A descriptor of the district folder (never through a link); None when it is missing."""
+    def _open_folder(self, district: str, sub: str = "") -> int | None:
+        """A descriptor of the district folder or its subfolder (never through a link); None
+        when it is missing."""
         check_district(district)
-        folder = self.base / district
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        check_folder(sub)
+        fd = self._open_district(district)
+        if fd is None or not sub:
+            return fd
         try:
-            return os.open(folder, flags)
+            return os.open(sub, _FOLDER_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _bad_folder(self.base / district / sub, exc) from None
+        finally:
+            os.close(fd)
+
+    def _open_district(self, district: str) -> int | None:
+        folder = self.base / district
+        try:
+            return os.open(folder, _FOLDER_FLAGS)
         except FileNotFoundError:
             if not self._base_may_be_missing and not self.base.is_dir():
                 raise DropMisconfigured(
@@ -56,37 +71,30 @@ class LocalDrop:
                 ) from None
             return None
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise DropMisconfigured(
-                    f"the drop's entry for district {district} ({folder}) is a link or not a "
-                    "folder; it is not read"
-                ) from None
-            raise DropMisconfigured(
-                f"cannot open the drop folder {folder}: {os_reason(exc)}"
-            ) from None
+            raise _bad_folder(folder, exc) from None
 
-    def list(self, district: str, now: datetime | None = None) -> DropListing:
-        """Sort the district's files by what may be done with them now (see DropListing)."""
-        fd = self._open_folder(district)
+    def list(self, district: str, now: datetime | None = None, *, folder: str = "") -> DropListing:
+        """Sort the folder's files by what may be done with them now (see DropListing)."""
+        fd = self._open_folder(district, folder)
         entries: list[Entry] = []
         if fd is not None:
             try:
                 entries = _scan(fd)
             except OSError as exc:
                 raise DropMisconfigured(
-                    f"cannot read the drop folder {self.base / district}: {os_reason(exc)}"
+                    f"cannot read the drop folder {self.base / district / folder}: {os_reason(exc)}"
                 ) from None
             finally:
                 os.close(fd)
-        return listed(self.description, district, entries, self.settings, now)
+        return listed(self.description, district, entries, self.settings, now, folder)
 
-    def fetch(self, district: str, name: str) -> FetchedFile:
+    def fetch(self, district: str, name: str, *, folder: str = "") -> FetchedFile:
         """Copy the file through a private staging folder and return its bytes and sha256."""
-        check_file(district, name)
+        check_file(district, name, folder)
         limit = self.settings.max_file_bytes
 
         def download(staged: Path) -> datetime:
-            source = self._open_source(district, name)
+            source = self._open_source(district, name, folder)
             try:
                 st = os.fstat(source)
                 check_regular(name, Entry(name, st.st_mode, st.st_size, st.st_mtime), limit)
@@ -101,9 +109,9 @@ class LocalDrop:
 
         return fetch_staged(self.settings, name, download)
 
-    def _open_source(self, district: str, name: str) -> int:
+    def _open_source(self, district: str, name: str, sub: str) -> int:
         """A descriptor of the file to read; links are refused, not followed."""
-        folder = self._open_folder(district)
+        folder = self._open_folder(district, sub)
         if folder is None:
             raise gone(name)
         try:
@@ -119,46 +127,62 @@ class LocalDrop:
             os.close(folder)
 
     def delete(
-        self, district: str, name: str, expect: DropFile | FetchedFile | None = None
+        self,
+        district: str,
+        name: str,
+        expect: DropFile | FetchedFile | None = None,
+        *,
+        folder: str = "",
     ) -> bool:
         """Remove the file; False when it was already gone. Links and folders are refused.
 
         With `expect` (the file as listed or fetched), only that file is removed: FileChanged
         when its size or time differ (a newer upload), FileGone when it is no longer there.
         """
-        check_file(district, name)
+        check_file(district, name, folder)
 
         def remove(check: Callable[[Entry], None]) -> bool:
-            folder = self._open_folder(district)
-            if folder is None:
+            fd = self._open_folder(district, folder)
+            if fd is None:
                 return False
             try:
-                st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 check(Entry(name, st.st_mode, st.st_size, st.st_mtime))
-                os.unlink(name, dir_fd=folder)
+                os.unlink(name, dir_fd=fd)
             except FileNotFoundError:
                 return False
             except OSError as exc:
                 raise DropRefused(f"{name} cannot be deleted: {os_reason(exc)}") from None
             finally:
-                os.close(folder)
+                os.close(fd)
             return True
 
-        return delete_file(self.description, district, name, expect, remove)
+        return delete_file(self.description, district, name, expect, remove, folder)
 
-    def put(self, district: str, name: str, data: bytes) -> None:
+    def put(self, district: str, name: str, data: bytes, *, folder: str = "") -> None:
         """Place a file as a district would (for the demo and tests); it appears complete."""
-        check_file(district, name)
-        folder = self.base / district
-        partial = folder / f".{name}.part"
+        check_file(district, name, folder)
+        folder_path = self.base / district / folder
+        partial = folder_path / f".{name}.part"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder_path.mkdir(parents=True, exist_ok=True)
             with os.fdopen(open_private(partial), "wb") as out:
                 out.write(data)
-            os.replace(partial, folder / name)
+            os.replace(partial, folder_path / name)
         except OSError as exc:
             partial.unlink(missing_ok=True)
-            raise DropError(f"cannot put {name} in {folder}: {os_reason(exc)}") from None
+            raise DropError(f"cannot put {name} in {folder_path}: {os_reason(exc)}") from None
+
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _bad_folder(folder: Path, exc: OSError) -> DropMisconfigured:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return DropMisconfigured(
+            f"the drop's entry {folder} is a link or not a folder; it is not read"
+        )
+    return DropMisconfigured(f"cannot open the drop folder {folder}: {os_reason(exc)}")
 
 
 def _scan(fd: int) -> list[Entry]:

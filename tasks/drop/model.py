@@ -110,22 +110,51 @@ class FileChanged(DropRefused):
 
 
 class Drop(Protocol):
-    """Either backend; every method checks the district code and the file name first."""
+    """Either backend; every method checks the district code, the folder (one of FOLDERS)
+    and the file name first."""
 
     description: str
 
-    def list(self, district: str, now: datetime | None = None) -> DropListing: ...
+    def list(
+        self, district: str, now: datetime | None = None, *, folder: str = ""
+    ) -> DropListing: ...
 
-    def fetch(self, district: str, name: str) -> FetchedFile: ...
+    def fetch(self, district: str, name: str, *, folder: str = "") -> FetchedFile: ...
 
     def delete(
-        self, district: str, name: str, expect: DropFile | FetchedFile | None = None
+        self,
+        district: str,
+        name: str,
+        expect: DropFile | FetchedFile | None = None,
+        *,
+        folder: str = "",
     ) -> bool: ...
 
-    def put(self, district: str, name: str, data: bytes) -> None: ...
+    def put(self, district: str, name: str, data: bytes, *, folder: str = "") -> None: ...
 
 
 # --- names --------------------------------------------------------------------------------
+
+# The folders of a district's drop, `<base>/<district>/<folder>`, and the names taken in each:
+# demographics files in the district folder itself, a OneRoster export (its CSV files, or one
+# .zip of them) in roster/, files to check without syncing in preview/.
+FOLDERS: dict[str, tuple[str, ...]] = {
+    "": (".csv",),
+    "roster": (".csv", ".zip"),
+    "preview": (".csv",),
+}
+
+
+def check_folder(folder: str) -> str:
+    """Return the folder if it is one of FOLDERS; never a path a caller made up."""
+    if folder not in FOLDERS:
+        raise DropRefused("refusing a drop folder that is not roster/ or preview/")
+    return folder
+
+
+def where(district: str, folder: str) -> str:
+    """How log lines and messages name a district folder: `d1` or `d1/roster`."""
+    return f"{district}/{folder}" if folder else district
 
 
 def escape_name(name: str, limit: int = 120) -> str:
@@ -157,10 +186,15 @@ def escape_name(name: str, limit: int = 120) -> str:
 
 
 def is_csv(name: str) -> bool:
-    return name[-4:].lower() == ".csv" and name[-4:].isascii()
+    return has_suffix(name, (".csv",))
 
 
-def name_problem(name: str) -> str | None:
+def has_suffix(name: str, suffixes: tuple[str, ...]) -> bool:
+    """Whether the name ends in one of the suffixes, in any case."""
+    return any(name[-len(x) :].lower() == x and name[-len(x) :].isascii() for x in suffixes)
+
+
+def name_problem(name: str, suffixes: tuple[str, ...] = (".csv",)) -> str | None:
     """Why the name is not safe as one path component of a drop file; None when it is."""
     if not name:
         return "the name is empty"
@@ -178,17 +212,17 @@ def name_problem(name: str) -> str | None:
         return "the name starts with '.'"
     if name.startswith("-"):
         return "the name starts with '-'"
-    if not is_csv(name):
-        return "the name does not end in .csv"
+    if not has_suffix(name, suffixes):
+        return f"the name does not end in {' or '.join(suffixes)}"
     return None
 
 
-def check_name(name: str) -> str:
-    """Return the name if it is safe to use as one path component of a drop file.
+def check_name(name: str, folder: str = "") -> str:
+    """Return the name if it is safe to use as one path component of a file in the folder.
 
     Raises DropRefused (naming the problem, the name escaped) otherwise.
     """
-    problem = name_problem(name)
+    problem = name_problem(name, FOLDERS[check_folder(folder)])
     if problem:
         raise DropRefused(f"refusing the file '{escape_name(name)}': {problem}")
     return name
@@ -202,18 +236,20 @@ def check_district(code: str) -> str:
     return code
 
 
-def check_file(district: str, name: str) -> None:
-    """The checks every operation on one file starts with: the district code, then the name."""
+def check_file(district: str, name: str, folder: str = "") -> None:
+    """The checks every operation on one file starts with: the district code, the folder,
+    then the name."""
     check_district(district)
-    check_name(name)
+    check_name(name, folder)
 
 
 # --- sorting a folder ---------------------------------------------------------------------
 
 
-def _refusal(entry: Entry) -> str | None:
-    """Why a .csv entry is left alone (a REASON_* and detail); None when it may be taken."""
-    problem = name_problem(entry.name)
+def _refusal(entry: Entry, suffixes: tuple[str, ...]) -> str | None:
+    """Why an entry with a name of ours is left alone (a REASON_* and detail); None when it
+    may be taken."""
+    problem = name_problem(entry.name, suffixes)
     if problem:
         return f"{REASON_UNSAFE_NAME}: {problem.removeprefix('the name ')}"
     if entry.mode is None or entry.size is None or entry.mtime is None:
@@ -227,8 +263,13 @@ def _refusal(entry: Entry) -> str | None:
     return None
 
 
-def sort_entries(entries: Iterable[Entry], settings: Settings, now: datetime | None) -> DropListing:
-    """Sort a district folder's entries into a DropListing, judged against `now` (aware)."""
+def sort_entries(
+    entries: Iterable[Entry],
+    settings: Settings,
+    now: datetime | None,
+    suffixes: tuple[str, ...] = (".csv",),
+) -> DropListing:
+    """Sort a drop folder's entries into a DropListing, judged against `now` (aware)."""
     if now is None:
         now = datetime.now(UTC)
     elif now.tzinfo is None:
@@ -237,9 +278,9 @@ def sort_entries(entries: Iterable[Entry], settings: Settings, now: datetime | N
     settle_after = now - timedelta(seconds=settings.settle_seconds)
     listing = DropListing()
     for entry in entries:
-        if not is_csv(entry.name):
+        if not has_suffix(entry.name, suffixes):
             continue  # README.txt, partial uploads (.part), ...: not ours
-        reason = _refusal(entry)
+        reason = _refusal(entry, suffixes)
         if reason is not None:
             listing.refused.append(RefusedEntry(escape_name(entry.name), reason))
             continue
@@ -265,9 +306,11 @@ def listed(
     entries: Iterable[Entry],
     settings: Settings,
     now: datetime | None,
+    folder: str = "",
 ) -> DropListing:
     """The sorted listing, logged (counts, and each refused name escaped)."""
-    listing = sort_entries(entries, settings, now)
+    listing = sort_entries(entries, settings, now, FOLDERS[folder])
+    district = where(district, folder)
     logger.info(
         "%s: district %s: %d ready, %d settling, %d too large, %d expired, %d refused",
         description,
@@ -368,6 +411,7 @@ def delete_file(
     name: str,
     expect: DropFile | FetchedFile | None,
     remove: Remover,
+    folder: str = "",
 ) -> bool:
     """The delete both backends share; each supplies only `remove` (see Remover).
 
@@ -378,5 +422,5 @@ def delete_file(
         if expect is not None:
             raise gone(name)
         return False
-    logger.info("%s: district %s: deleted %s", description, district, name)
+    logger.info("%s: district %s: deleted %s", description, where(district, folder), name)
     return True

@@ -21,6 +21,7 @@ from urllib.parse import SplitResult, unquote
 from tasks.drop.hostkeys import HostKeyPins, addresses_of, read_host_key_pins, short_reason
 from tasks.drop.model import (
     CHUNK_BYTES,
+    FOLDERS,
     DropError,
     DropFile,
     DropListing,
@@ -31,14 +32,16 @@ from tasks.drop.model import (
     FetchedFile,
     HostKeyRefused,
     check_district,
+    check_folder,
     check_name,
     check_regular,
     delete_file,
     gone,
-    is_csv,
+    has_suffix,
     listed,
     logger,
     name_problem,
+    where,
 )
 from tasks.drop.staging import Staged, fetch_staged
 from tasks.settings import Settings
@@ -98,9 +101,10 @@ class SftpDrop:
         self._addresses: list[str] = []
         self._key = client_key  # the key `ssh_key` holds, read once (see _client_key)
 
-    def _path(self, district: str, name: str | None = None) -> str:
-        folder = posixpath.join(self.base, check_district(district))
-        return folder if name is None else posixpath.join(folder, check_name(name))
+    def _path(self, district: str, name: str | None = None, sub: str = "") -> str:
+        folder = posixpath.join(self.base, check_district(district), check_folder(sub))
+        folder = folder.rstrip("/") if sub == "" else folder
+        return folder if name is None else posixpath.join(folder, check_name(name, sub))
 
     async def _session(
         self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]], pins: HostKeyPins
@@ -268,8 +272,9 @@ class SftpDrop:
         except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
             return None
 
-    async def _folder_exists(self, sftp: asyncssh.SFTPClient, district: str) -> bool:
-        """Whether the district folder is there; a link or a file in its place is refused."""
+    async def _folder_exists(self, sftp: asyncssh.SFTPClient, district: str, sub: str) -> bool:
+        """Whether the district folder (and its subfolder) is there; a link or a file in its
+        place is refused."""
         attrs = await self._lstat(sftp, self._path(district))
         if attrs is None:
             if self.base != "." and await self._lstat(sftp, self.base) is None:
@@ -277,19 +282,30 @@ class SftpDrop:
                     f"the SFTP drop at {self.address} has no folder {self.base} (check drop_url)"
                 )
             return False
-        if attrs.permissions is None or not stat.S_ISDIR(attrs.permissions):
-            raise DropMisconfigured(
-                f"the drop's entry for district {district} ({self.description}/{district}) is a "
-                "link or not a folder; it is not read"
-            )
+        self._check_folder(attrs, district)
+        if not sub:
+            return True
+        attrs = await self._lstat(sftp, self._path(district, sub=sub))
+        if attrs is None:
+            return False
+        self._check_folder(attrs, where(district, sub))
         return True
 
-    def list(self, district: str, now: datetime | None = None) -> DropListing:
-        """Sort the district's files by what may be done with them now (see DropListing)."""
-        folder = self._path(district)
+    def _check_folder(self, attrs: asyncssh.SFTPAttrs, shown: str) -> None:
+        if attrs.permissions is None or not stat.S_ISDIR(attrs.permissions):
+            raise DropMisconfigured(
+                f"the drop's entry {self.description}/{shown} is a link or not a folder; it is "
+                "not read"
+            )
+
+    def list(self, district: str, now: datetime | None = None, *, folder: str = "") -> DropListing:
+        """Sort the folder's files by what may be done with them now (see DropListing)."""
+        sub = folder
+        folder = self._path(district, sub=sub)
+        suffixes = FOLDERS[sub]
 
         async def op(sftp: asyncssh.SFTPClient) -> list[Entry]:
-            if not await self._folder_exists(sftp, district):
+            if not await self._folder_exists(sftp, district, sub):
                 return []
             entries = []
             # bytes in, bytes out: names that are not UTF-8 are listed (and refused), not fatal
@@ -298,19 +314,20 @@ class SftpDrop:
                 if name in (".", ".."):
                     continue
                 attrs = item.attrs
-                if attrs.permissions is None and is_csv(name) and not name_problem(name):
+                ours = has_suffix(name, suffixes) and not name_problem(name, suffixes)
+                if attrs.permissions is None and ours:
                     attrs = await self._lstat(sftp, posixpath.join(folder, name)) or attrs
                 entries.append(_entry(name, attrs))
             return entries
 
-        entries = self._call(f"list district {district}", op)
-        return listed(self.description, district, entries, self.settings, now)
+        entries = self._call(f"list district {where(district, sub)}", op)
+        return listed(self.description, district, entries, self.settings, now, sub)
 
-    def fetch(self, district: str, name: str) -> FetchedFile:
+    def fetch(self, district: str, name: str, *, folder: str = "") -> FetchedFile:
         """Download the file through a private staging folder; return its bytes and sha256."""
         import asyncssh
 
-        path = self._path(district, name)
+        path = self._path(district, name, folder)
         limit = self.settings.max_file_bytes
 
         async def op(sftp: asyncssh.SFTPClient, staged: Path) -> datetime:
@@ -341,7 +358,12 @@ class SftpDrop:
         return fetch_staged(self.settings, name, download)
 
     def delete(
-        self, district: str, name: str, expect: DropFile | FetchedFile | None = None
+        self,
+        district: str,
+        name: str,
+        expect: DropFile | FetchedFile | None = None,
+        *,
+        folder: str = "",
     ) -> bool:
         """Remove the file; False when it was already gone. Links and folders are refused.
 
@@ -350,7 +372,7 @@ class SftpDrop:
         """
         import asyncssh
 
-        path = self._path(district, name)
+        path = self._path(district, name, folder)
         removing = False  # a remove was sent: if the connection broke, it may have been done
 
         async def op(sftp: asyncssh.SFTPClient, check: Callable[[Entry], None]) -> bool:
@@ -372,18 +394,18 @@ class SftpDrop:
         def remove(check: Callable[[Entry], None]) -> bool:
             return self._call(f"delete {name}", lambda sftp: op(sftp, check))
 
-        return delete_file(self.description, district, name, expect, remove)
+        return delete_file(self.description, district, name, expect, remove, folder)
 
-    def put(self, district: str, name: str, data: bytes) -> None:
+    def put(self, district: str, name: str, data: bytes, *, folder: str = "") -> None:
         """Upload a file as a district would (for the demo and tests); it appears complete."""
         import asyncssh
 
-        folder = self._path(district)
-        path = self._path(district, name)
-        partial = posixpath.join(folder, f".{name}.part")
+        path = self._path(district, name, folder)
+        folder_path = self._path(district, sub=folder)
+        partial = posixpath.join(folder_path, f".{name}.part")
 
         async def op(sftp: asyncssh.SFTPClient) -> None:
-            await sftp.makedirs(folder, exist_ok=True)
+            await sftp.makedirs(folder_path, exist_ok=True)
             async with sftp.open(partial, "wb") as out:
                 await out.write(data)
             try:
