@@ -893,7 +893,7 @@ def test_roster_and_preview_are_folders_of_their_own_with_their_own_names(env: E
     assert drop.delete(D, "check.csv", fetched, folder="preview") is True
     assert not (env.base / D / "preview" / "check.csv").exists()
     assert (env.base / D / "demographics.csv").exists()
-    with pytest.raises(DropRefused, match="does not end in .csv"):
+    with pytest.raises(DropRefused, match=r"does not end in \.csv"):
         drop.put(D, "roster.zip", b"PK", folder="preview")  # a .zip is taken only as a roster
     with pytest.raises(DropRefused, match="not roster/ or preview/"):
         drop.list(D, folder="../other")
