@@ -35,7 +35,7 @@ from flows.fanout import (
 from tasks import process
 from tasks.drop import DropFile
 from tasks.errors import DemographicsError, is_transient
-from tasks.process import Refused
+from tasks.process import Refused, roster
 from tasks.process.outcome import (
     NIGHTLY_ARTIFACT,
     NOTHING_TO_DO,
@@ -92,6 +92,10 @@ send_message = task(
     **PRIVATE,
 )
 settle_file = task(process.settle_file, **PRIVATE)
+take_roster = task(roster.take_roster, **PRIVATE)
+approve_roster = task(roster.approve_roster, **PRIVATE)
+settle_roster = task(roster.settle_roster, **PRIVATE)
+discard_roster_files = task(roster.discard_roster_files, **PRIVATE)
 expire_files = task(process.expire_files, **PRIVATE)
 reject_unread = task(process.reject_unread, **PRIVATE)
 mark_refusals_reported = task(process.mark_refusals_reported, **PRIVATE)
@@ -345,6 +349,7 @@ async def sync_district_drop(district: str) -> dict[str, Any]:
     log = get_run_logger()
     by = _requester()
     check_database()
+    _roster_first(district, by)
     plan = plan_drop(district, list_drop(district))
     _before_the_files(district, plan, by)
     done: list[dict[str, Any]] = []
@@ -354,6 +359,19 @@ async def sync_district_drop(district: str) -> dict[str, Any]:
         _publish_files(district, done)
     log.info("district %s: %s files processed", district, len(done))
     return {"district": district, "settling": len(plan.settling), **district_totals(done)}
+
+
+def _roster_first(district: str, by: str) -> None:
+    """A roster waiting in the district's roster/ folder is loaded before its files, so a
+    student new this week is matched tonight; it is told, then its files are deleted."""
+    taken = take_roster(district, by)
+    if taken is None:
+        return
+    get_run_logger().info("%s", taken.message)
+    if taken.notice is not None:
+        get_run_logger().info("roster: %s", _notify(district, taken.notice, taken.run_id))
+    if taken.delete:
+        get_run_logger().info("roster files: %s", settle_roster(district, taken.delete))
 
 
 def _before_the_files(district: str, plan: process.DropPlan, by: str) -> None:
@@ -502,6 +520,8 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any] | State:
     refused = check_approver(held, approved_by)
     if refused is not None:
         return _refuse(refused)
+    if held.kind == "roster":
+        return _approve_roster(held, approved_by)
     fetched = fetch_file(held.district, held.file_name)
     if fetched is None:
         return _refuse(process.held_file_gone(held))
@@ -530,6 +550,18 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any] | State:
     return {"status": outcome.status, "run_id": outcome.run_id, "file": settled}
 
 
+def _approve_roster(held: Any, approved_by: str) -> dict[str, Any] | State:
+    """A held roster: loaded without the guard if the drop still holds that very export."""
+    taken = approve_roster(held, approved_by, _requester())
+    if isinstance(taken, Refused):
+        return _refuse(taken)
+    emailed = _notify(held.district, taken.notice, taken.run_id) if taken.notice else "no email"
+    files = settle_roster(held.district, taken.delete)
+    get_run_logger().info("held run %s: %s; %s; files %s", held.run_id, taken.message, emailed,
+                          files)  # fmt: skip
+    return {"status": "succeeded", "run_id": taken.run_id, "file": files}
+
+
 @flow(name="discard-held-sync", **FLOW_SETTINGS)
 def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any] | State:
     """Record a data manager's decision, then delete the held file if the drop still has that
@@ -544,7 +576,8 @@ def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any] | State:
     if isinstance(decided, Refused):
         return _refuse(decided)
     held, manager = decided
-    state = discard_source_file(held, return_state=True)
+    discard = discard_roster_files if held.kind == "roster" else discard_source_file
+    state = discard(held, return_state=True)
     fate = state.result() if state.is_completed() else f"not checked ({state.message})"
     get_run_logger().info("held run %s discarded; source file %s", run_id, fate)
     _notify(held.district, process.discard_notice(held, manager, fate))

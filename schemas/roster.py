@@ -87,6 +87,15 @@ class RosterCounts:
     active: int = 0
 
 
+@dataclass(frozen=True)
+class SchoolLoss:
+    """A school's active students before a roster, and how many the roster would deactivate."""
+
+    school: str
+    active: int
+    leaving: int
+
+
 @dataclass
 class RosterResult:
     district: str
@@ -94,6 +103,8 @@ class RosterResult:
     counts: dict[str, RosterCounts]
     loaded: bool
     granted: list[str] = field(default_factory=list)  # pending data managers now granted
+    held: str | None = None  # why the guard held it (nothing loaded), in words
+    losses: list[SchoolLoss] = field(default_factory=list)  # by school, when held
 
     @property
     def errors(self) -> int:
@@ -106,6 +117,8 @@ class RosterResult:
                 "loaded": self.loaded,
                 "counts": {k: asdict(v) for k, v in self.counts.items()},
                 "granted_managers": self.granted,
+                "held": self.held,
+                "losses": [asdict(loss) for loss in self.losses],
                 "issues": [asdict(i) for i in self.issues],
             },
             indent=2,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import jinja2
 
 from schemas.report import Report
-from schemas.roster import RosterResult
+from schemas.roster import RosterIssue, RosterResult
 
 if TYPE_CHECKING:
     from tasks.store import RunRow
@@ -133,6 +133,13 @@ def render_sync_text(report: Report, message: str, max_issues: int = DEFAULT_TEX
     return sync_line(report, message) + "\n" + render_text(report, max_issues)
 
 
+def roster_issue_line(i: RosterIssue) -> str:
+    """One roster issue as the CLI and the emails say it: severity, code, file, row, column."""
+    where = i.file + (f" row {i.row}" if i.row is not None else "")
+    where += f", column {i.column}" if i.column else ""
+    return f"{i.severity:<7} {i.code:<18} {where}: {i.message}"
+
+
 def render_roster(result: RosterResult, max_issues: int = DEFAULT_TEXT_ISSUES) -> str:
     lines = []
     if result.loaded:
@@ -150,10 +157,7 @@ def render_roster(result: RosterResult, max_issues: int = DEFAULT_TEXT_ISSUES) -
             "(a snapshot with errors would deactivate people who are still there)"
         )
     shown = result.issues if max_issues <= 0 else result.issues[:max_issues]
-    for i in shown:
-        where = i.file + (f" row {i.row}" if i.row is not None else "")
-        where += f", column {i.column}" if i.column else ""
-        lines.append(f"  {i.severity:<7} {i.code:<18} {where}: {i.message}")
+    lines.extend(f"  {roster_issue_line(i)}" for i in shown)
     if len(shown) < len(result.issues):
         lines.append(f"  ... and {len(result.issues) - len(shown)} more (use --format json)")
     return "\n".join(lines) + "\n"

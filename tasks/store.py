@@ -329,24 +329,26 @@ class HeldRun:
     district: str
     file_name: str
     file_sha256: str
+    kind: str = "sync"  # or "roster": a roster the guard held
 
 
 def held_run(conn: psycopg.Connection, run_id: int) -> HeldRun:
     """The held sync `run_id`, still waiting for approval or discarding."""
     row = conn.execute(
-        """SELECT r.status, r.resolution, r.resolved_by, d.code, r.file_name, r.file_sha256
+        """SELECT r.status, r.resolution, r.resolved_by, d.code, r.file_name, r.file_sha256,
+                  r.kind
            FROM core.sync_runs r JOIN core.districts d USING (district_id)
            WHERE r.run_id = %s""",
         (run_id,),
     ).fetchone()
     if row is None:
         raise NotHeld(f"there is no run {run_id}")
-    status, resolution, resolved_by, code, name, sha = row
+    status, resolution, resolved_by, code, name, sha, kind = row
     if status != "held":
         raise NotHeld(f"run {run_id} was not held (its status is {status}); nothing to decide")
     if resolution is not None:
         raise NotHeld(f"held run {run_id} was already {resolution} by {resolved_by}")
-    return HeldRun(run_id, code, name, sha)
+    return HeldRun(run_id, code, name, sha, kind)
 
 
 def unresolved_hold(conn: psycopg.Connection, district_id: int, sha: str) -> int | None:
@@ -359,6 +361,29 @@ def unresolved_hold(conn: psycopg.Connection, district_id: int, sha: str) -> int
         (district_id, sha),
     ).fetchone()
     return None if row is None else int(row[0])
+
+
+def loaded_roster(conn: psycopg.Connection, district_id: int, sha: str) -> int | None:
+    """The run that loaded this very roster (same SHA-256), if it is the district's latest
+    loaded roster: the same export again changes nothing."""
+    row = conn.execute(
+        """SELECT run_id, file_sha256 FROM core.sync_runs
+           WHERE district_id = %s AND kind = 'roster' AND status = 'succeeded'
+             AND same_as_run_id IS NULL
+           ORDER BY run_id DESC LIMIT 1""",
+        (district_id,),
+    ).fetchone()
+    return int(row[0]) if row is not None and row[1] == sha else None
+
+
+def resolve_hold(cur: psycopg.Cursor, run_id: int, by: str) -> None:
+    """Mark a held run approved, in the transaction of the run that applied it."""
+    cur.execute(
+        """UPDATE core.sync_runs SET resolution = 'approved', resolved_by = %s,
+                  resolved_at = now()
+           WHERE run_id = %s""",
+        (by, run_id),
+    )
 
 
 def discard_holds(

@@ -7,14 +7,17 @@ means inactive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 import psycopg
 from psycopg import sql
 
-from schemas.roster import STAFF_ROLES, RosterCounts, RosterResult
+from schemas.roster import STAFF_ROLES, RosterCounts, RosterResult, SchoolLoss
 from tasks.access.managers import grant_pending_managers
 from tasks.db import copy_frame
 from tasks.errors import DemographicsError
+from tasks.roster.drop import guard_reason
 from tasks.roster.read import RosterSnapshot
 from tasks.roster.rules import is_active
 from tasks.store import lock_district
@@ -27,34 +30,81 @@ class RosterRefused(DemographicsError):
     """The roster cannot be loaded for this district; the message is safe to print."""
 
 
+# Called in the load's transaction once the roster is loaded: what must commit with it (the
+# run that records a roster taken from the drop, an approval's act).
+OnLoaded = Callable[[psycopg.Cursor, int, RosterResult], None]
+
+
+class _Held(Exception):
+    """The guard stops the load; raised inside the transaction so nothing of it stays."""
+
+    def __init__(self, reason: str, losses: list[SchoolLoss]):
+        super().__init__(reason)
+        self.reason, self.losses = reason, losses
+
+
 def load_roster(
     conn: psycopg.Connection,
     district_code: str,
     snapshot: RosterSnapshot,
     lock_wait_seconds: float = 60.0,
+    *,
+    guard: float | None = None,
+    on_loaded: OnLoaded | None = None,
 ) -> RosterResult:
-    """Load a checked snapshot as the district's roster, in one transaction."""
+    """Load a checked snapshot as the district's roster, in one transaction.
+
+    With `guard` (the district's roster limit, a share), a roster that would deactivate more
+    than that share of the district's active students, or all of a school's, is not loaded:
+    the result says why it is held (`guard_reason`), with the losses by school.
+    """
     counts = {name: RosterCounts() for name in ENTITIES}
     if snapshot.errors:
         return RosterResult(district_code, snapshot.issues, counts, loaded=False)
     tables = _tables(snapshot)
     district_row = snapshot.frames["orgs.csv"].filter(_ORG_TYPE == "district")
     sourced_id, name = district_row["sourcedId"][0], district_row["name"][0]
-    with conn.transaction(), conn.cursor() as cur:
-        district_id = _district_id(cur, district_code, sourced_id, name)
-        lock_district(cur, district_id, district_code, lock_wait_seconds)
-        cur.execute(
-            "UPDATE core.districts SET name = %s, active = true, roster_loaded_at = now() "
-            "WHERE district_id = %s",
-            (name, district_id),
-        )
-        cur.execute(_TEMP_TABLES)
-        for table, frame in tables.items():
-            copy_frame(cur, f"r_{table}", frame)
-        for entity in ENTITIES:
-            counts[entity] = _load_entity(cur, district_id, entity)
-        granted = grant_pending_managers(conn, district_id)
-    return RosterResult(district_code, snapshot.issues, counts, loaded=True, granted=granted)
+    result = RosterResult(district_code, snapshot.issues, counts, loaded=True)
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            district_id = _district_id(cur, district_code, sourced_id, name)
+            lock_district(cur, district_id, district_code, lock_wait_seconds)
+            cur.execute(_TEMP_TABLES)
+            for table, frame in tables.items():
+                copy_frame(cur, f"r_{table}", frame)
+            if guard is not None:
+                _check_guard(cur, district_id, guard)
+            cur.execute(
+                "UPDATE core.districts SET name = %s, active = true, roster_loaded_at = now() "
+                "WHERE district_id = %s",
+                (name, district_id),
+            )
+            for entity in ENTITIES:
+                counts[entity] = _load_entity(cur, district_id, entity)
+            result.granted = grant_pending_managers(conn, district_id)
+            if on_loaded is not None:
+                on_loaded(cur, district_id, result)
+    except _Held as held:
+        result.loaded, result.held, result.losses = False, held.reason, held.losses
+    return result
+
+
+def _check_guard(cur: psycopg.Cursor, district_id: int, limit: float) -> None:
+    """Raise _Held when the roster in the temporary tables trips the guard."""
+    rows = cur.execute(
+        """SELECT coalesce(sc.name, '(no school)'), count(*),
+                  count(*) FILTER (WHERE r.sourced_id IS NULL OR NOT r.active)
+           FROM core.students s
+           LEFT JOIN core.schools sc ON sc.school_id = s.school_id
+           LEFT JOIN r_students r ON r.sourced_id = s.sourced_id
+           WHERE s.district_id = %s AND s.active
+           GROUP BY 1 ORDER BY 1""",
+        (district_id,),
+    ).fetchall()
+    losses = [SchoolLoss(school, active, leaving) for school, active, leaving in rows]
+    reason = guard_reason(losses, limit)
+    if reason is not None:
+        raise _Held(reason, losses)
 
 
 def _district_id(cur: psycopg.Cursor, district_code: str, sourced_id: str, name: str) -> int:

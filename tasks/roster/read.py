@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,22 +28,41 @@ class RosterSnapshot:
 
 def read_roster(directory: Path) -> RosterSnapshot:
     """Read and check the four files of a roster folder. Never raises for any content."""
-    snapshot = RosterSnapshot()
+    issues: list[RosterIssue] = []
+    files = {}
     for name in ROSTER_FILES:
-        frame = _read_file(directory / name, name, snapshot.issues)
+        data = _read_bytes(directory / name, name, issues)
+        if data is not None:
+            files[name] = data
+    return read_roster_files(files, issues)
+
+
+def read_roster_files(
+    files: Mapping[str, bytes], issues: list[RosterIssue] | None = None
+) -> RosterSnapshot:
+    """Check a roster given as its files' bytes by name (from a folder, the drop or a .zip);
+    a missing file is an issue. `issues`: found before (a file that could not be read)."""
+    snapshot = RosterSnapshot(issues=list(issues or []))
+    for name in ROSTER_FILES:
+        if name not in files:
+            if not any(i.file == name for i in snapshot.issues):
+                snapshot.issues.append(_missing(name))
+            continue
+        frame = _read_file(files[name], name, snapshot.issues)
         if frame is not None:
             snapshot.frames[name] = frame
     if len(snapshot.frames) == len(ROSTER_FILES):
         snapshot.issues.extend(check_files(snapshot.frames))
-        snapshot.issues.sort(key=issue_order)
+    snapshot.issues.sort(key=issue_order)
     return snapshot
 
 
-def _read_file(path: Path, name: str, issues: list[RosterIssue]) -> pl.DataFrame | None:
+def _missing(name: str) -> RosterIssue:
+    return RosterIssue(name, "error", "missing_file", f"{name} is missing from the roster folder")
+
+
+def _read_file(data: bytes, name: str, issues: list[RosterIssue]) -> pl.DataFrame | None:
     """One file as a frame of the columns used, or None (with the issue why) if it cannot be."""
-    data = _read_bytes(path, name, issues)
-    if data is None:
-        return None
     parsed = read_demographics(data, name)
     for issue in parsed.issues:
         issues.append(
@@ -66,9 +86,7 @@ def _read_bytes(path: Path, name: str, issues: list[RosterIssue]) -> bytes | Non
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        issues.append(
-            RosterIssue(name, "error", "missing_file", f"{name} is missing from the roster folder")
-        )
+        issues.append(_missing(name))
     except OSError as exc:
         issues.append(
             RosterIssue(name, "error", "unreadable_file", f"cannot read {name}: {exc.strerror}")

@@ -289,4 +289,6 @@ def check_files(frames: Views) -> list[RosterIssue]:
 
 def issue_order(issue: RosterIssue) -> tuple[int, int, str]:
     """Issues are shown by file (in ROSTER_FILES order), row, then column."""
-    return (list(ROSTER_FILES).index(issue.file), issue.row or 0, issue.column or "")
+    order = list(ROSTER_FILES)
+    place = order.index(issue.file) if issue.file in order else -1  # a .zip: before its files
+    return (place, issue.row or 0, issue.column or "")

@@ -1,0 +1,196 @@
+"""The roster by the drop: a OneRoster export in `<district>/roster/` is loaded by the
+district's nightly run before its demographics files (real SFTP drop, SMTP, database and Prefect
+API), recognised when it comes again, reported when invalid, held by the guard."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import psycopg
+from conftest import write_roster
+from flowhelp import APPROVER, Product, csv_bytes, district_run, runs
+from storehelp import STUDENTS, line, values
+
+from flows.pipeline import approve_held_sync, discard_held_sync
+
+NEW = ("s5", "0000000005", "eve@students.example.org")
+ROSTER_FILES = ("orgs.csv", "users.csv", "classes.csv", "enrollments.csv")
+
+
+def roster_files(tmp: Path, students: list[tuple[str, str, str]]) -> dict[str, bytes]:
+    folder = write_roster(tmp, students, district="d1")
+    return {name: (folder / name).read_bytes() for name in ROSTER_FILES}
+
+
+def put_roster(p: Product, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        p.put("d1", f"roster/{name}", data)
+
+
+def roster_folder(p: Product) -> list[str]:
+    folder = p.sftp.drop_dir / "d1" / "roster"
+    return sorted(f.name for f in folder.iterdir()) if folder.exists() else []
+
+
+def active_students(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            """SELECT s.sourced_id FROM core.students s JOIN core.districts d USING (district_id)
+               WHERE d.code = 'd1' AND s.active"""
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def roster_runs(url: str) -> list[dict]:
+    return [r for r in runs(url) if r["kind"] == "roster"]
+
+
+def body(message) -> str:  # type: ignore[no-untyped-def]
+    """The plain text as one line (the mail wraps long lines)."""
+    return " ".join(str(message.get_body(("plain",)).get_content()).split())
+
+
+def test_a_new_student_in_tonights_roster_is_matched_tonight(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    put_roster(p, roster_files(tmp_path / "r", [*STUDENTS, NEW]))
+    p.put("d1", "demographics.csv", csv_bytes([line(ssid=NEW[1], gender="F")]))
+
+    assert district_run("d1").is_completed()
+
+    assert values(p.url, "d1")["s5"]["gender"] == "F"  # matched the same night
+    assert roster_folder(p) == [] and p.remote("d1") == ["roster"]
+    (loaded,) = roster_runs(p.url)
+    assert loaded["status"] == "succeeded" and loaded["file_name"] == "roster/ (4 files)"
+    subjects = [m["Subject"] for m in p.mail_to("d1")]
+    assert subjects[0] == "d1: roster loaded (roster/ (4 files))"
+    assert "students: 1 added, 0 updated, 0 deactivated, 5 active" in body(p.mail_to("d1")[0])
+    assert "sync succeeded" in subjects[1]
+
+
+def test_the_same_roster_again_changes_nothing_even_zipped(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    files = roster_files(tmp_path / "r", [*STUDENTS, NEW])
+    put_roster(p, files)
+    assert district_run("d1").is_completed()
+    mails = len(p.mail_to("d1"))
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(f"export/{name}", data)
+    p.put("d1", "roster/oneroster.zip", packed.getvalue())
+
+    assert district_run("d1").is_completed()
+
+    first, again = roster_runs(p.url)
+    assert again["status"] == "succeeded" and again["same_as_run_id"] == first["run_id"]
+    assert again["file_name"] == "roster/oneroster.zip"
+    assert len(p.mail_to("d1")) == mails  # nothing to tell
+    assert roster_folder(p) == []
+
+
+def test_an_invalid_roster_loads_nothing_and_says_file_row_column_and_code(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    files = roster_files(tmp_path / "r", [*STUDENTS, NEW])
+    files["enrollments.csv"] += b"e9,,,no-such-class,d1-sch,s1,student,false,,\n"
+    put_roster(p, files)
+    p.put("d1", "demographics.csv", csv_bytes([line(ssid=STUDENTS[0][1], gender="M")]))
+
+    assert district_run("d1").is_completed()
+
+    assert "s5" not in active_students(p.url)  # nothing of it was loaded
+    assert values(p.url, "d1")["s1"]["gender"] == "M"  # the files go on with the roster in use
+    (rejected,) = roster_runs(p.url)
+    assert rejected["status"] == "rejected" and rejected["errors"] == 1
+    mail = p.mail_to("d1")[0]
+    assert mail["Subject"] == "d1: roster not loaded: 1 error (roster/ (4 files))"
+    assert (
+        "error unknown_reference enrollments.csv row 8, column classSourcedId: "
+        "classSourcedId is not a class in classes.csv"
+    ) in body(mail)
+    assert roster_folder(p) == []  # the district's whole list is not left lying in the drop
+
+
+def test_a_roster_waits_for_its_last_file(product: Product, tmp_path: Path) -> None:
+    p = product
+    files = roster_files(tmp_path / "r", [*STUDENTS, NEW])
+    users = files.pop("users.csv")
+    put_roster(p, files)
+    assert district_run("d1").is_completed()
+    assert roster_runs(p.url) == [] and roster_folder(p) == sorted(files)
+    assert p.mail_to("d1") == []
+
+    p.put("d1", "roster/users.csv", users)
+    assert district_run("d1").is_completed()
+    assert "s5" in active_students(p.url) and roster_folder(p) == []
+
+
+def held_roster(p: Product, tmp_path: Path) -> int:
+    """A roster with half of d1's students gone: the guard holds it."""
+    put_roster(p, roster_files(tmp_path / "r", STUDENTS[:2]))
+    assert district_run("d1").is_completed()
+    (held,) = roster_runs(p.url)
+    assert held["status"] == "held"
+    return int(held["run_id"])
+
+
+def test_a_roster_that_would_deactivate_too_many_is_held_then_approved(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    held = held_roster(p, tmp_path)
+    assert active_students(p.url) == {"s1", "s2", "s3", "s4"}
+    assert roster_folder(p) == sorted(ROSTER_FILES)  # kept while held
+    mail = p.mail_to("d1")[0]
+    assert mail["Subject"] == f"d1: roster held for a data manager (roster/ (4 files), run {held})"
+    text = body(mail)
+    assert "it would deactivate 2 of the district's 4 active students (50.0%)" in text
+    assert "School of d1: 2 of 4 active students would be deactivated" in text
+    assert f"demographics approve {held} --as YOUR_EMAIL" in text
+
+    assert district_run("d1").is_completed()  # the next night: still held, said once
+    assert len(roster_runs(p.url)) == 1 and len(p.mail_to("d1")) == 1
+
+    refused = approve_held_sync(held, approved_by="nobody@example.org", return_state=True)
+    assert refused.is_failed() and active_students(p.url) == {"s1", "s2", "s3", "s4"}
+    result = approve_held_sync(held, approved_by=APPROVER)
+
+    assert result["status"] == "succeeded" and result["file"] == "deleted"
+    assert active_students(p.url) == {"s1", "s2"} and roster_folder(p) == []
+    recorded = {r["run_id"]: r for r in runs(p.url)}
+    assert recorded[held]["resolution"] == "approved"
+    assert recorded[result["run_id"]]["requested_by"] == APPROVER
+    assert "roster loaded" in p.mail_to("d1")[-1]["Subject"]
+
+
+def test_a_held_roster_discarded_changes_nothing_and_is_deleted(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    held = held_roster(p, tmp_path)
+
+    result = discard_held_sync(held, discarded_by=APPROVER)
+
+    assert result["file"] == "deleted" and roster_folder(p) == []
+    assert active_students(p.url) == {"s1", "s2", "s3", "s4"}
+    assert {r["run_id"]: r for r in runs(p.url)}[held]["resolution"] == "discarded"
+
+
+def test_every_student_of_a_school_gone_is_held_whatever_the_limit(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    with psycopg.connect(p.url) as conn:
+        conn.execute("UPDATE core.district_settings SET roster_limit = 1")
+    put_roster(p, roster_files(tmp_path / "r", []))
+    assert district_run("d1").is_completed()
+    (held,) = roster_runs(p.url)
+    assert held["status"] == "held"
+    assert "every active student of School of d1" in body(p.mail_to("d1")[0])
