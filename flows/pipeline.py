@@ -92,6 +92,7 @@ send_message = task(
     **PRIVATE,
 )
 settle_file = task(process.settle_file, **PRIVATE)
+record_preview = task(process.record_preview, **PRIVATE)
 take_roster = task(roster.take_roster, **PRIVATE)
 approve_roster = task(roster.approve_roster, **PRIVATE)
 settle_roster = task(roster.settle_roster, **PRIVATE)
@@ -115,6 +116,7 @@ class NightlyFailed(DemographicsError):
     """One or more districts failed; the message names them."""
 
 
+PREVIEW = "preview"  # the district's preview/ folder: files checked, emailed, never synced
 REFUSED = "Refused"  # the name of a Failed state that is a refusal, not a breakage
 
 
@@ -183,6 +185,9 @@ def _smtp_password() -> str | None:
     return Secret.load(name, _sync=True).get()  # _sync: also from an async flow
 
 
+EMAIL_FAILED = "email failed"  # how `_email`'s phrase starts when nothing was sent
+
+
 def _email(render: Callable[[], Any], run_id: int | None) -> str:
     """Render, send (with retries) and record; after a committed sync, none of it may fail
     the run. Returns a phrase for the log."""
@@ -195,7 +200,7 @@ def _email(render: Callable[[], Any], run_id: int | None) -> str:
     except Exception as exc:  # task exceptions carry no values (tasks.process.safe_step)
         get_run_logger().warning("the email could not be sent: %s", exc)
         recorded = _recorded(run_id, None, str(exc))
-        return "email failed" + ("" if recorded else " (and not recorded)")
+        return EMAIL_FAILED + ("" if recorded else " (and not recorded)")
     recorded = _recorded(run_id, delivery, None)
     return f"email {delivery.kind}" + ("" if recorded else " (not recorded)")
 
@@ -214,11 +219,13 @@ def _notify(district: str, notice: process.Notice, run_id: int | None = None) ->
     return _email(lambda: notice_message(district, notice), run_id)
 
 
-def _settle(district: str, source: DropFile, status: str, run_id: int | None) -> str:
+def _settle(
+    district: str, source: DropFile, status: str, run_id: int | None, folder: str = ""
+) -> str:
     """Settle the source file; a failure here (the drop gone after the commit) leaves the
     file for the next run, which recognises it and deletes it. Returns what became of it."""
     log = get_run_logger()
-    state = settle_file(district, source, status, run_id, return_state=True)
+    state = settle_file(district, source, status, run_id, folder, return_state=True)
     if state.is_completed():
         settled = state.result(_sync=True)  # _sync: also when called from an async flow
         log.info("%s: source file %s (%s)", source.name, settled.action, settled.reason)
@@ -249,26 +256,32 @@ def process_file(
     district: str,
     file_name: str,
     mode: Literal["preview", "sync"] = "sync",
+    folder: Literal["", "preview"] = "",
 ) -> State:
     """Fetch one file from the district's drop, preview or sync it, email the results, and
     delete the file once its outcome is committed (kept when held, previewed or failed).
-    The run ends in a state named for the outcome (Succeeded, Rejected, Held, Previewed,
-    Already applied, Nothing to do) and publishes it as the district's artifact.
-    Refused: an unknown district, an unsafe name, a file that may still be uploading.
+    A file of the preview/ folder is always previewed, recorded as a preview run, and deleted
+    once its email is out. The run ends in a state named for the outcome (Succeeded,
+    Rejected, Held, Previewed, Already applied, Nothing to do) and publishes it as the
+    district's artifact. Refused: an unknown district, an unsafe name, a file that may still
+    be uploading.
 
     Args:
         district: The district's code, as its drop folder is named.
         file_name: The file's name in the district's drop folder.
-        mode: sync applies the file; preview checks and matches it, writes nothing but
-            the run record, and keeps the file.
+        mode: sync applies the file; preview checks and matches it, writes nothing, and
+            keeps the file.
+        folder: preview for a file in the district's preview/ folder; empty for a file in
+            the district folder itself.
     """
     log = get_run_logger()
     by = _requester()
     check_database()
-    refused = check_file_request(district, file_name)
+    mode = "preview" if folder == "preview" else mode
+    refused = check_file_request(district, file_name, folder)
     if refused is not None:
         return _refuse(refused)
-    fetched = fetch_file(district, file_name)
+    fetched = fetch_file(district, file_name, folder)
     if fetched is None:
         log.info("%s is no longer in the drop; nothing to do", file_name)
         return _ended(
@@ -287,12 +300,17 @@ def process_file(
     del fetched
     if isinstance(outcome, Refused):
         return _refuse(outcome)
+    if folder == "preview":
+        outcome = record_preview(district, quote(outcome), by)
     block = outcome.report.sync
     # The file's own run says what became of it: outcome, counts, reason, the error rows.
     log.info("%s", outcome_line(file_name, outcome))
     # The outcome is committed: from here on nothing fails the run except the outcome itself.
-    emailed = _email(lambda: results_message(district, outcome), outcome.run_id)
-    settled = _settle(district, source, outcome.status, outcome.run_id)
+    emailed = _email(lambda: results_message(district, outcome, folder), outcome.run_id)
+    if folder == "preview" and emailed.startswith(EMAIL_FAILED):
+        settled = "kept"  # deleted once its email is out: tried again next run
+    else:
+        settled = _settle(district, source, outcome.status, outcome.run_id, folder)
     log.info("%s: %s", file_name, emailed)
     _publish(district, file_name, outcome)
     if outcome.status == "failed":
@@ -350,6 +368,7 @@ async def sync_district_drop(district: str) -> dict[str, Any]:
     by = _requester()
     check_database()
     _roster_first(district, by)
+    _previews(district, by)
     plan = plan_drop(district, list_drop(district))
     _before_the_files(district, plan, by)
     done: list[dict[str, Any]] = []
@@ -364,7 +383,9 @@ async def sync_district_drop(district: str) -> dict[str, Any]:
 def _roster_first(district: str, by: str) -> None:
     """A roster waiting in the district's roster/ folder is loaded before its files, so a
     student new this week is matched tonight; it is told, then its files are deleted."""
-    taken = take_roster(district, by)
+    plan = plan_drop(district, list_drop(district, roster.ROSTER), roster.ROSTER)
+    _before_the_files(district, plan, by, roster.ROSTER)
+    taken = take_roster(district, by, plan)
     if taken is None:
         return
     get_run_logger().info("%s", taken.message)
@@ -374,22 +395,37 @@ def _roster_first(district: str, by: str) -> None:
         get_run_logger().info("roster files: %s", settle_roster(district, taken.delete))
 
 
-def _before_the_files(district: str, plan: process.DropPlan, by: str) -> None:
+def _previews(district: str, by: str) -> None:
+    """Each ready file of the district's preview/ folder, previewed and emailed, then
+    deleted; before the files to sync, so a preview shows what their sync would do."""
+    plan = plan_drop(district, list_drop(district, PREVIEW), PREVIEW)
+    _before_the_files(district, plan, by, PREVIEW)
+    for file in plan.ready:
+        with _lending(by), _without_heartbeats():
+            state: State = process_file(district, file.name, folder=PREVIEW, return_state=True)
+        if not state.is_completed():  # kept for the next run; the files to sync go on
+            get_run_logger().warning("preview of %s: %s", file.name, state.message)
+
+
+def _before_the_files(
+    district: str, plan: process.DropPlan, by: str, folder: Literal["", "preview", "roster"] = ""
+) -> None:
     """What a listing asks for before the ready files: expired files deleted, files too
-    large rejected unread, refused entries reported once."""
+    large rejected unread (a roster's are reported with the roster), refused entries
+    reported once."""
     log = get_run_logger()
     if plan.expired:
-        deleted = expire_files(district, plan.expired, by)
+        deleted = expire_files(district, plan.expired, by, folder)
         _notify(district, process.expiry_notice(deleted, load_settings().retention_days))
-    for big in plan.too_large:
+    for big in plan.too_large if folder != roster.ROSTER else []:
         run_id, notice = reject_unread(district, big, by)
         _notify(district, notice, run_id)
-        _settle(district, big, "rejected", run_id)
+        _settle(district, big, "rejected", run_id, folder)
     if plan.refused:
         log.warning("%s entries in the drop were refused and left alone", len(plan.refused))
     if plan.refused_news:
         _notify(district, process.refused_notice(plan.refused_news))
-        mark_refusals_reported(district, plan.refused_news)
+        mark_refusals_reported(district, plan.refused_news, folder)
     if plan.settling:
         log.info("%s files are still settling; they wait for the next run", len(plan.settling))
 

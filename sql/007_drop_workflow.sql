@@ -24,15 +24,17 @@ CREATE TABLE IF NOT EXISTS core.pending_managers (
 
 -- A roster taken from the drop is a run like a file's: held, approved, discarded and listed
 -- the same way. Its file_sha256 is the SHA-256 of its set of files (see tasks/roster/drop.py).
+-- A preview asked for through the drop's preview/ folder is recorded too (kind 'preview',
+-- status 'succeeded': it ran; its counts say what a sync would do), and nothing else.
 DO $$
 BEGIN
     IF NOT EXISTS (
         SELECT 1 FROM pg_constraint
         WHERE conname = 'sync_runs_kind_check'
-          AND pg_get_constraintdef(oid) LIKE '%roster%'
+          AND pg_get_constraintdef(oid) LIKE '%preview%'
     ) THEN
         ALTER TABLE core.sync_runs DROP CONSTRAINT IF EXISTS sync_runs_kind_check;
         ALTER TABLE core.sync_runs ADD CONSTRAINT sync_runs_kind_check
-            CHECK (kind IN ('sync', 'undo', 'roster'));
+            CHECK (kind IN ('sync', 'undo', 'roster', 'preview'));
     END IF;
 END $$;

@@ -406,22 +406,35 @@ def discard_holds(
     return [int(r[0]) for r in rows]
 
 
+def _in_folder(folder: str) -> tuple[str, str]:
+    """How core.drop_files names the entries of a folder (`roster/users.csv`; a drop name
+    never holds '/'), and a LIKE pattern for the names of that folder alone."""
+    if not folder:
+        return "", "%"
+    return f"{folder}/", f"{folder}/%"
+
+
 def observe_drop(
     conn: psycopg.Connection,
     district_id: int,
     files: list[tuple[str, int, datetime]],
     refused: list[tuple[str, str]],
+    folder: str = "",
 ) -> dict[str, datetime]:
-    """Record what the drop holds now; returns when each file was first seen unchanged.
+    """Record what a folder of the drop holds now; returns when each file was first seen
+    unchanged (by its name in the folder).
 
     A file whose size or time changed counts as new (first seen now); entries no longer in
-    the drop are forgotten, so a refused entry that comes back is reported again.
+    the folder are forgotten, so a refused entry that comes back is reported again.
     """
+    prefix, pattern = _in_folder(folder)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    rows = [(n, s, m, None) for n, s, m in files] + [(n, 0, epoch, r) for n, r in refused]
+    rows = [(prefix + n, s, m, None) for n, s, m in files]
+    rows += [(prefix + n, 0, epoch, r) for n, r in refused]
     conn.execute(
-        "DELETE FROM core.drop_files WHERE district_id = %s AND NOT (name = ANY(%s))",
-        (district_id, [r[0] for r in rows]),
+        """DELETE FROM core.drop_files WHERE district_id = %s AND NOT (name = ANY(%s))
+             AND name LIKE %s AND (%s OR position('/' in name) = 0)""",
+        (district_id, [r[0] for r in rows], pattern, bool(folder)),
     )
     with conn.cursor() as cur:
         cur.executemany(
@@ -440,23 +453,31 @@ def observe_drop(
             [(district_id, *r) for r in rows],
         )
     seen = conn.execute(
-        "SELECT name, first_seen FROM core.drop_files WHERE district_id = %s", (district_id,)
+        "SELECT name, first_seen FROM core.drop_files WHERE district_id = %s AND name = ANY(%s)",
+        (district_id, [r[0] for r in rows]),
     ).fetchall()
-    return {name: when for name, when in seen}
+    return {name.removeprefix(prefix): when for name, when in seen}
 
 
-def refusals_to_report(conn: psycopg.Connection, district_id: int) -> set[str]:
+def refusals_to_report(conn: psycopg.Connection, district_id: int, folder: str = "") -> set[str]:
+    prefix, _pattern = _in_folder(folder)
     rows = conn.execute(
         """SELECT name FROM core.drop_files WHERE district_id = %s
              AND refused_reason IS NOT NULL AND notified_at IS NULL""",
         (district_id,),
     ).fetchall()
-    return {r[0] for r in rows}
+    names = (r[0] for r in rows)
+    if prefix:
+        return {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
+    return {n for n in names if "/" not in n}
 
 
-def mark_refusals_reported(conn: psycopg.Connection, district_id: int, names: list[str]) -> None:
+def mark_refusals_reported(
+    conn: psycopg.Connection, district_id: int, names: list[str], folder: str = ""
+) -> None:
+    prefix, _pattern = _in_folder(folder)
     conn.execute(
         """UPDATE core.drop_files SET notified_at = now()
            WHERE district_id = %s AND name = ANY(%s)""",
-        (district_id, names),
+        (district_id, [prefix + n for n in names]),
     )

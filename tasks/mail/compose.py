@@ -131,8 +131,9 @@ def results_subject(district_code: str, report: Report) -> str:
     return f"{_header_text(district_code, limit=100)}: {counts}"
 
 
-def next_steps(district_code: str, report: Report) -> list[str]:
-    """What the data manager does now, by status: the part of the email people act on."""
+def next_steps(district_code: str, report: Report, file_kept: bool = True) -> list[str]:
+    """What the data manager does now, by status: the part of the email people act on.
+    `file_kept`: False for a preview from the drop's preview/ folder (deleted once sent)."""
     assert report.sync is not None
     s, block = report.summary, report.sync
     run = f"run id {block.run_id}" if block.run_id else "the run id (none was recorded)"
@@ -168,6 +169,12 @@ def next_steps(district_code: str, report: Report) -> list[str]:
         return [
             "Nothing was applied. The file is kept and is tried again on the next run; if this "
             "keeps happening, tell the operator of the sync.",
+        ]
+    if not file_kept:
+        return [
+            "Nothing was written: this is a preview of what a sync of this file would do. The "
+            "file is deleted from preview/ now that this email is out; to sync it, upload it "
+            "to the district's folder.",
         ]
     return ["Nothing was written: this was a preview. The file is kept."]
 
@@ -219,6 +226,7 @@ def _results_context(
     report: Report,
     message: str,
     issues: list[dict[str, str]],
+    file_kept: bool = True,
 ) -> dict[str, Any]:
     """What both parts of the results email show; every value from the file passes `shown`."""
     assert report.sync is not None
@@ -237,7 +245,7 @@ def _results_context(
         "sync": block,
         "run_id": shown(block.run_id) if block.run_id else None,
         "updated_label": "would be updated" if would else "updated",
-        "steps": next_steps(district_code, report),
+        "steps": next_steps(district_code, report, file_kept),
         "counts": report.counts_by_code(),
         "issues": issues,
         "total": report.issues.height,
@@ -255,16 +263,18 @@ def build_results_message(
     sender: str,
     *,
     max_issues: int = DEFAULT_MAX_ISSUES,
+    file_kept: bool = True,
 ) -> EmailMessage:
     """The results email of one sync: text and HTML alternatives, plus every issue as CSV.
 
     `message` is the sync's one-sentence outcome (`SyncOutcome.message`). The body lists the
-    first `max_issues` issues (0: none); the attachment always holds all of them.
+    first `max_issues` issues (0: none); the attachment always holds all of them. `file_kept`:
+    False for a preview from the preview/ folder, which is deleted once the email is out.
     """
     if report.sync is None:
         raise ValueError("a results email needs a report with its sync block")
     issues = [_issue_cells(i) for i in report.issue_list(max(max_issues, 0))]
-    context = _results_context(district_code, district_name, report, message, issues)
+    context = _results_context(district_code, district_name, report, message, issues, file_kept)
     subject = results_subject(district_code, report)
     msg = _new_message(district_code, subject, recipients, sender)
     text = _render_text(

@@ -18,8 +18,16 @@ import psycopg
 
 from schemas.roster import RosterIssue, RosterResult
 from tasks import access, store
-from tasks.drop import Drop, DropFile, DropRefused, FileChanged, FileGone, open_drop
-from tasks.process.rules import Notice, Refused, source_of
+from tasks.drop import (
+    Drop,
+    DropFile,
+    DropListing,
+    DropRefused,
+    FileChanged,
+    FileGone,
+    open_drop,
+)
+from tasks.process.rules import DropPlan, Notice, Refused, source_of
 from tasks.process.safety import refusing, safe_step
 from tasks.process.steps import _database
 from tasks.render import roster_issue_line
@@ -56,11 +64,12 @@ class _Fetched:
 
 
 @safe_step
-def take_roster(district: str, requested_by: str) -> RosterTaken | None:
-    """Load the roster waiting in the district's `roster/` folder, if any (see the module)."""
+def take_roster(district: str, requested_by: str, listed: DropPlan) -> RosterTaken | None:
+    """Load the roster waiting in the district's `roster/` folder, if any (see the module);
+    `listed`: the folder's listing, judged (files past retention are gone from it)."""
     settings = load_settings()
     drop = open_drop(settings)
-    plan = plan_roster(drop.list(district, folder=ROSTER))
+    plan = plan_roster(DropListing(listed.ready, listed.settling, listed.too_large))
     if plan.empty:
         return None
     if plan.waiting is not None:

@@ -71,8 +71,13 @@ class Settled:
     reason: str
 
 
-def settle_rule(status: str) -> tuple[bool, str]:
-    """Whether the source file goes, and why, once an outcome of `status` is committed."""
+def settle_rule(status: str, folder: str = "") -> tuple[bool, str]:
+    """Whether the source file goes, and why, once an outcome of `status` is committed (and
+    its email is out); `folder` is where in the district's drop it was."""
+    if folder == "preview":
+        if status == "failed":
+            return False, "the preview failed: the file stays for the next run"
+        return True, "a file in preview/ is deleted once its preview email is out"
     if status in DELETE_AFTER:
         return True, f"the sync {status} and is recorded"
     reasons = {

@@ -46,6 +46,7 @@ from tasks.process.rules import (
 from tasks.process.safety import refusing, safe_step
 from tasks.settings import Settings, load_settings
 from tasks.sync import Mode, SyncOutcome, run_file
+from tasks.sync import record_preview as _record_preview
 
 
 def _url(settings: Settings | None = None) -> str:
@@ -78,18 +79,18 @@ def clean_staging() -> int:
 
 
 @safe_step
-def list_drop(district: str) -> DropListing:
-    return open_drop(load_settings()).list(district)
+def list_drop(district: str, folder: str = "") -> DropListing:
+    return open_drop(load_settings()).list(district, folder=folder)
 
 
 @safe_step
 @refusing
-def check_file_request(district: str, name: str) -> Refused | None:
+def check_file_request(district: str, name: str, folder: str = "") -> Refused | None:
     """Refuse a request for a file of an unknown district, or under a name that is not safe
     to use, before anything is taken from the drop."""
     try:
         check_district(district)
-        check_name(name)
+        check_name(name, folder)
     except DropRefused as exc:
         return Refused(str(exc))
     with _database() as conn:
@@ -98,22 +99,28 @@ def check_file_request(district: str, name: str) -> Refused | None:
 
 
 @safe_step
-def fetch_file(district: str, name: str) -> FetchedFile | Refused | None:
+def fetch_file(district: str, name: str, folder: str = "") -> FetchedFile | Refused | None:
     """The file's bytes, or None when it is no longer in the drop (another run took it, or
     the district removed it): nothing to do then. An unsafe name is refused, and so is a file
     modified within the settling time (it may still be uploading), even when asked for by
     name."""
     try:
         check_district(district)
-        check_name(name)
+        check_name(name, folder)
     except DropRefused as exc:
         return Refused(str(exc))
     settings = load_settings()
     try:
-        fetched = open_drop(settings).fetch(district, name)
+        fetched = open_drop(settings).fetch(district, name, folder=folder)
     except FileGone:
         return None
     return settling_refusal(fetched, settings.settle_seconds, datetime.now(UTC)) or fetched
+
+
+@safe_step
+def record_preview(district: str, outcome: SyncOutcome, requested_by: str) -> SyncOutcome:
+    """A preview from the drop's preview/ folder is recorded as a run (nothing else is)."""
+    return _record_preview(_url(), district, outcome, requested_by)
 
 
 @safe_step
@@ -246,10 +253,16 @@ def _addressed(district: str) -> tuple[store.District, tuple[str, ...], str]:
 
 
 @safe_step
-def results_message(district: str, outcome: SyncOutcome) -> EmailMessage:
+def results_message(district: str, outcome: SyncOutcome, folder: str = "") -> EmailMessage:
     found, recipients, sender = _addressed(district)
     return build_results_message(
-        found.code, found.name, outcome.report, outcome.message, recipients, sender
+        found.code,
+        found.name,
+        outcome.report,
+        outcome.message,
+        recipients,
+        sender,
+        file_kept=folder != "preview",
     )
 
 
@@ -283,15 +296,19 @@ def record_delivery(run_id: int | None, delivery: Delivery | None, error: str | 
 
 
 @safe_step
-def settle_file(district: str, source: DropFile, status: str, run_id: int | None) -> Settled:
+def settle_file(
+    district: str, source: DropFile, status: str, run_id: int | None, folder: str = ""
+) -> Settled:
     """Delete the source file after a committed outcome that has used it up; keep it else.
     Only the very file that was read goes: one replaced since (another upload under the same
     name) is left for the next run."""
-    delete, reason = settle_rule(status)
+    delete, reason = settle_rule(status, folder)
     if not delete:
         return Settled("kept", reason)
     try:
-        open_drop(load_settings()).delete(district, check_name(source.name), source)
+        open_drop(load_settings()).delete(
+            district, check_name(source.name, folder), source, folder=folder
+        )
         gone = False
     except FileChanged:
         return Settled("kept", "it was replaced after it was read: the new file waits")
@@ -304,9 +321,9 @@ def settle_file(district: str, source: DropFile, status: str, run_id: int | None
 
 
 @safe_step
-def plan_drop(district: str, listing: DropListing) -> DropPlan:
-    """Record what the drop holds now, and judge it (`judge_drop`) by when the service first
-    saw each file unchanged; note which refusals are news."""
+def plan_drop(district: str, listing: DropListing, folder: str = "") -> DropPlan:
+    """Record what the folder holds now, and judge it (`judge_drop`) by when the service
+    first saw each file unchanged; note which refusals are news."""
     settings = load_settings()
     with _database(settings) as conn, conn.transaction():
         found = store.get_district(conn, district)
@@ -315,22 +332,26 @@ def plan_drop(district: str, listing: DropListing) -> DropPlan:
             found.district_id,
             [(f.name, f.size, f.modified) for f in listed_files(listing)],
             [(r.name, r.reason) for r in listing.refused],
+            folder,
         )
-        news = store.refusals_to_report(conn, found.district_id)
+        news = store.refusals_to_report(conn, found.district_id, folder)
     cutoff = datetime.now(UTC) - timedelta(days=settings.retention_days)
     return judge_drop(listing, first_seen, news, cutoff, settings.max_file_bytes)
 
 
 @safe_step
-def mark_refusals_reported(district: str, entries: list[RefusedEntry]) -> None:
+def mark_refusals_reported(district: str, entries: list[RefusedEntry], folder: str = "") -> None:
     with _database() as conn:
         found = store.get_district(conn, district)
-        store.mark_refusals_reported(conn, found.district_id, [r.name for r in entries])
+        store.mark_refusals_reported(conn, found.district_id, [r.name for r in entries], folder)
 
 
 @safe_step
-def expire_files(district: str, files: list[DropFile], requested_by: str) -> list[str]:
-    """Delete files past retention whatever their state; their waiting holds are discarded."""
+def expire_files(
+    district: str, files: list[DropFile], requested_by: str, folder: str = ""
+) -> list[str]:
+    """Delete files past retention whatever their state; their waiting holds are discarded
+    (a roster's file: the roster's hold)."""
     settings = load_settings()
     drop = open_drop(settings)
     deleted = []
@@ -338,13 +359,14 @@ def expire_files(district: str, files: list[DropFile], requested_by: str) -> lis
         found = store.get_district(conn, district)
         for f in files:
             try:
-                drop.delete(district, check_name(f.name), f)
+                drop.delete(district, check_name(f.name, folder), f, folder=folder)
             except FileChanged:
                 continue  # a new upload under that name: it is judged afresh next time
             except FileGone:
                 pass
-            store.discard_holds(conn, found.district_id, requested_by, file_name=f.name)
-            deleted.append(f.name)
+            held_as = f"{folder}/" if folder == "roster" else f.name
+            store.discard_holds(conn, found.district_id, requested_by, file_name=held_as)
+            deleted.append(f"{folder}/{f.name}" if folder else f.name)
     return deleted
 
 

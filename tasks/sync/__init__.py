@@ -5,7 +5,13 @@
 """
 
 from tasks.sync.decision import Decision, Mode, decide
-from tasks.sync.run import SyncOutcome, default_requester, failure_reason, run_file
+from tasks.sync.run import (
+    SyncOutcome,
+    default_requester,
+    failure_reason,
+    record_preview,
+    run_file,
+)
 
 __all__ = [
     "Decision",
@@ -14,5 +20,6 @@ __all__ = [
     "decide",
     "default_requester",
     "failure_reason",
+    "record_preview",
     "run_file",
 ]

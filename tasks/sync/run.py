@@ -314,6 +314,22 @@ def _record(
     return store.insert_run(cur, **values)
 
 
+def record_preview(
+    url: str, district_code: str, outcome: SyncOutcome, requested_by: str
+) -> SyncOutcome:
+    """Record a preview asked for through the drop (kind `preview`): who asked, when, what it
+    found and would change; nothing else is written. Returns the outcome with its run id."""
+    with connect(url, autocommit=True) as conn:
+        district = store.get_district(conn, district_code)
+        values = _run_values(district, outcome, datetime.now(UTC), requested_by)
+        values.update(kind="preview", status="succeeded")
+        with conn.transaction(), conn.cursor() as cur:
+            run_id = store.insert_run(cur, **values)
+    outcome.run_id = run_id
+    outcome.report = _set_run_id(outcome.report, run_id)
+    return outcome
+
+
 def _record_alone(
     conn: psycopg.Connection,
     district: store.District,

@@ -1,6 +1,7 @@
-"""The roster by the drop: a OneRoster export in `<district>/roster/` is loaded by the
-district's nightly run before its demographics files (real SFTP drop, SMTP, database and Prefect
-API), recognised when it comes again, reported when invalid, held by the guard."""
+"""The data manager's workflow through the drop (real SFTP drop or local folder, SMTP, database
+and Prefect API): a OneRoster export in `<district>/roster/` is loaded by the district's nightly
+run before its demographics files, recognised when it comes again, reported when invalid, held
+by the guard; a file in `<district>/preview/` is previewed, emailed and deleted."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import psycopg
+import pytest
 from conftest import write_roster
 from flowhelp import APPROVER, Product, csv_bytes, district_run, runs
 from storehelp import STUDENTS, line, values
@@ -17,6 +19,70 @@ from flows.pipeline import approve_held_sync, discard_held_sync
 
 NEW = ("s5", "0000000005", "eve@students.example.org")
 ROSTER_FILES = ("orgs.csv", "users.csv", "classes.csv", "enrollments.csv")
+
+
+def test_a_preview_by_the_drop_is_emailed_recorded_and_deleted_and_writes_nothing(
+    product: Product,
+) -> None:
+    p = product
+    rows = [line(ssid=s[1], gender="F") for s in STUDENTS] + [line(ssid="123", gender="F")]
+    p.put("d1", "preview/check.csv", csv_bytes(rows))
+
+    assert district_run("d1").is_completed()
+
+    assert values(p.url, "d1") == {}  # nothing written but the run record
+    (run,) = runs(p.url)
+    assert (run["kind"], run["status"], run["file_name"]) == ("preview", "succeeded", "check.csv")
+    assert (run["matched"], run["updated"], run["error_rows"]) == (4, 4, 1)
+    (mail,) = p.mail_to("d1")
+    assert mail["Subject"] == "d1: preview — 5 rows, 4 would be updated, 1 with errors"
+    text = body(mail)
+    assert "this is a preview of what a sync of this file would do" in text
+    assert "deleted from preview/ now that this email is out" in text
+    assert f"Run {run['run_id']} (preview)" in text
+    assert p.remote("d1") == ["preview"]
+    assert not list((p.sftp.drop_dir / "d1" / "preview").iterdir())
+
+
+def test_a_preview_whose_email_could_not_go_out_is_kept_for_the_next_run(
+    product: Product, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = product
+    monkeypatch.setenv("DEMOGRAPHICS_SMTP_URL", "smtp://127.0.0.1:9")  # nothing listens there
+    p.put("d1", "preview/check.csv", csv_bytes([line(ssid=STUDENTS[0][1], gender="F")]))
+
+    assert district_run("d1").is_completed()
+
+    assert [f.name for f in (p.sftp.drop_dir / "d1" / "preview").iterdir()] == ["check.csv"]
+    (run,) = runs(p.url)
+    assert run["kind"] == "preview" and run["email_status"] == "failed"
+
+
+def test_one_night_on_a_local_drop_roster_then_preview_then_the_file(
+    product: Product, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = product
+    drop = tmp_path / "drop"
+    monkeypatch.setenv("DEMOGRAPHICS_DROP_URL", drop.as_uri())
+    for name, data in roster_files(tmp_path / "r", [*STUDENTS, NEW]).items():
+        (drop / "d1" / "roster").mkdir(parents=True, exist_ok=True)
+        (drop / "d1" / "roster" / name).write_bytes(data)
+    (drop / "d1" / "preview").mkdir()
+    (drop / "d1" / "preview" / "try.csv").write_bytes(csv_bytes([line(ssid=NEW[1], gender="M")]))
+    (drop / "d1" / "sync.csv").write_bytes(csv_bytes([line(ssid=NEW[1], gender="F")]))
+
+    assert district_run("d1").is_completed()
+
+    assert [(r["kind"], r["status"]) for r in runs(p.url)] == [
+        ("roster", "succeeded"),
+        ("preview", "succeeded"),  # the new student is matched in the preview too
+        ("sync", "succeeded"),
+    ]
+    assert runs(p.url)[1]["matched"] == 1
+    assert values(p.url, "d1")["s5"]["gender"] == "F"
+    assert sorted(p.name for p in (drop / "d1").rglob("*") if p.is_file()) == []
+    subjects = [m["Subject"] for m in p.mail_to("d1")]
+    assert [s.split(" ")[1] for s in subjects] == ["roster", "preview", "sync"]
 
 
 def roster_files(tmp: Path, students: list[tuple[str, str, str]]) -> dict[str, bytes]:
