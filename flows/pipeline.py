@@ -1,9 +1,8 @@
-"""The Prefect flows: which tasks run, in what order, with what retries. No business logic.
+"""The Prefect flows: which tasks run, in what order. No business logic.
 
-Every task here handles student data or its report, so all of them share one setting: results
-are never persisted, never cached, and `print` is never logged. Flow parameters are district
-codes, file names, run ids and people; values travel only in memory between tasks. Large
-objects are passed `quote`d so Prefect does not walk them looking for futures.
+The steps, as Prefect tasks with their settings, are in `flows.steps`. Flow parameters are
+district codes, file names, run ids and people; values travel only in memory between tasks.
+Large objects are passed `quote`d so Prefect does not walk them looking for futures.
 
 A refused request (see `tasks.process.Refused`) is never raised: Prefect's engines log a
 raised exception with its traceback. The step returns the refusal, and the flow returns a
@@ -12,17 +11,12 @@ Failed state whose message is the one-line reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.context import SettingsContext, get_run_context, get_settings_context
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
-from prefect.states import Completed, Failed, State
+from prefect.context import get_run_context
+from prefect.states import Completed, State
 from prefect.utilities.annotations import quote
 
 from flows.fanout import (
@@ -32,9 +26,47 @@ from flows.fanout import (
     start_district_runs,
     wait_for_districts,
 )
+from flows.steps import (
+    EMAIL_FAILED,
+    FLOW_SETTINGS,
+    PREVIEW,
+    REFUSED,
+    active_districts,
+    apply_views_and_grants,
+    approve_roster,
+    check_approver,
+    check_database,
+    check_file_request,
+    check_same_file,
+    clean_staging,
+    discard_held,
+    discard_roster_files,
+    discard_source_file,
+    expire_files,
+    fetch_file,
+    find_held_run,
+    held_sync,
+    lending,
+    list_drop,
+    mark_refusals_reported,
+    notify,
+    plan_drop,
+    record_preview,
+    refuse,
+    reject_unread,
+    requester,
+    results_message,
+    send_and_record,
+    set_teacher_fields,
+    settle,
+    settle_roster,
+    sync_file,
+    take_roster,
+    without_heartbeats,
+)
 from tasks import process
 from tasks.drop import DropFile
-from tasks.errors import DemographicsError, is_transient
+from tasks.errors import DemographicsError
 from tasks.process import Refused, roster
 from tasks.process.outcome import (
     NIGHTLY_ARTIFACT,
@@ -50,59 +82,6 @@ from tasks.process.outcome import (
 from tasks.settings import load_settings
 from tasks.sync import SyncOutcome
 
-# --- task settings, in one place ---------------------------------------------------------
-
-PRIVATE: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE, "log_prints": False}
-
-# A step that reads or writes the outside world (the drop, a sync, the mail server) or that a
-# person may want to see on its own in the UI is a Prefect task, named by Prefect for the
-# function it wraps (its __name__). Quick checks and pure steps are plain calls: every task run
-# costs the run's process and the Prefect server tens of milliseconds of CPU (its states are
-# events the server records), which at one small file a district was most of a night's work.
-# Plain calls raise the same one-line errors (tasks.process.safety), failing the flow run.
-check_database = process.check_database
-check_file_request = process.check_file_request
-find_held_run = process.find_held_run
-plan_drop = process.plan_drop
-results_message = process.results_message
-notice_message = process.notice_message
-record_delivery = process.record_delivery
-
-active_districts = task(process.active_districts, **PRIVATE)
-clean_staging = task(process.clean_staging, **PRIVATE)
-# The drop retries its own connections with backoff (settings: sftp_attempts,
-# sftp_backoff_seconds): a Prefect retry on top would multiply the waits.
-list_drop = task(process.list_drop, **PRIVATE)
-fetch_file = task(process.fetch_file, **PRIVATE)
-check_same_file = task(process.check_same_file, **PRIVATE)
-sync_file = task(process.sync_file, **PRIVATE)
-held_sync = task(process.held_sync, **PRIVATE)
-check_approver = task(process.check_approver, **PRIVATE)
-discard_held = task(process.discard_held, **PRIVATE)
-discard_source_file = task(process.discard_source_file, **PRIVATE)
-apply_views_and_grants = task(process.apply_views_and_grants, **PRIVATE)
-set_teacher_fields = task(process.set_teacher_fields, **PRIVATE)
-# Sending is retried when the failure may pass (settings: mail_attempts, mail_retry_seconds),
-# then the failure is recorded on the run; it never undoes a committed sync.
-send_message = task(
-    process.send_message,
-    retry_condition_fn=lambda _task, _run, state: is_transient(
-        state.result(raise_on_failure=False)
-    ),
-    **PRIVATE,
-)
-settle_file = task(process.settle_file, **PRIVATE)
-record_preview = task(process.record_preview, **PRIVATE)
-take_roster = task(roster.take_roster, **PRIVATE)
-approve_roster = task(roster.approve_roster, **PRIVATE)
-settle_roster = task(roster.settle_roster, **PRIVATE)
-discard_roster_files = task(roster.discard_roster_files, **PRIVATE)
-expire_files = task(process.expire_files, **PRIVATE)
-reject_unread = task(process.reject_unread, **PRIVATE)
-mark_refusals_reported = task(process.mark_refusals_reported, **PRIVATE)
-
-FLOW_SETTINGS: dict[str, Any] = {"persist_result": False, "log_prints": False}
-
 
 class FileFailed(DemographicsError):
     """The file's run failed; it is kept in the drop for the next run."""
@@ -114,127 +93,6 @@ class DistrictFailed(DemographicsError):
 
 class NightlyFailed(DemographicsError):
     """One or more districts failed; the message names them."""
-
-
-PREVIEW = "preview"  # the district's preview/ folder: files checked, emailed, never synced
-REFUSED = "Refused"  # the name of a Failed state that is a refusal, not a breakage
-
-
-def _refuse(refused: Refused) -> State:
-    """End the run Failed with the reason as its message, and no traceback anywhere."""
-    get_run_logger().warning("refused: %s", refused.reason)
-    return Failed(message=refused.reason, name=REFUSED)
-
-
-# Who started a run is taken from the run, never typed into the run form: a flow that runs
-# others in this process (nightly, a district's drop) lends them its own for their records.
-_STARTED_BY: ContextVar[str | None] = ContextVar("demographics_started_by", default=None)
-
-
-def _requester() -> str:
-    """Who started this run, as the run records say it: the run that started it in this
-    process, else this flow run by name with the run that started it from another process
-    (the nightly run, for a district) or the user or automation Prefect recorded."""
-    lent = _STARTED_BY.get()
-    if lent:
-        return lent
-    context = get_run_context()
-    run = getattr(context, "flow_run", None)
-    flow_name = getattr(getattr(context, "flow", None), "name", "flow")
-    who = f"prefect:{flow_name}" + (f"/{run.name}" if getattr(run, "name", None) else "")
-    parent = _started_from(run)
-    created = getattr(run, "created_by", None)
-    if parent:
-        who += f" (started by {parent})"
-    elif created is not None and getattr(created, "display_value", None):
-        who += f" ({str(created.type).lower()} {created.display_value})"
-    return who
-
-
-def _started_from(run: Any) -> str | None:
-    """`flow/run` of the flow run that started `run` (by run_deployment), if any."""
-    parent_task = getattr(run, "parent_task_run_id", None)
-    if parent_task is None:
-        return None
-    from prefect import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            parent = client.read_flow_run(client.read_task_run(parent_task).flow_run_id)
-            return f"{client.read_flow(parent.flow_id).name}/{parent.name}"
-    except Exception:  # a name for the record; the run goes on without it
-        return None
-
-
-@contextmanager
-def _lending(who: str) -> Iterator[None]:
-    """The runs started inside (in this process, threads included) are requested by `who`."""
-    token = _STARTED_BY.set(who)
-    try:
-        yield
-    finally:
-        _STARTED_BY.reset(token)
-
-
-def _smtp_password() -> str | None:
-    name = load_settings().smtp_password_secret
-    if not name:
-        return None
-    from prefect.blocks.system import Secret
-
-    return Secret.load(name, _sync=True).get()  # _sync: also from an async flow
-
-
-EMAIL_FAILED = "email failed"  # how `_email`'s phrase starts when nothing was sent
-
-
-def _email(render: Callable[[], Any], run_id: int | None) -> str:
-    """Render, send (with retries) and record; after a committed sync, none of it may fail
-    the run. Returns a phrase for the log."""
-    settings = load_settings()
-    sender = send_message.with_options(
-        retries=settings.mail_attempts - 1, retry_delay_seconds=settings.mail_retry_seconds
-    )
-    try:
-        delivery = sender(quote(render()), _smtp_password())
-    except Exception as exc:  # task exceptions carry no values (tasks.process.safe_step)
-        get_run_logger().warning("the email could not be sent: %s", exc)
-        recorded = _recorded(run_id, None, str(exc))
-        return EMAIL_FAILED + ("" if recorded else " (and not recorded)")
-    recorded = _recorded(run_id, delivery, None)
-    return f"email {delivery.kind}" + ("" if recorded else " (not recorded)")
-
-
-def _recorded(run_id: int | None, delivery: Any, error: str | None) -> bool:
-    """Record the email's fate on the run; False when the database would not (logged)."""
-    try:
-        record_delivery(run_id, delivery, error)
-    except DemographicsError as exc:  # its message is safe (tasks.process.safety)
-        get_run_logger().warning("the email's fate was not recorded: %s", exc)
-        return False
-    return True
-
-
-def _notify(district: str, notice: process.Notice, run_id: int | None = None) -> str:
-    return _email(lambda: notice_message(district, notice), run_id)
-
-
-def _settle(
-    district: str, source: DropFile, status: str, run_id: int | None, folder: str = ""
-) -> str:
-    """Settle the source file; a failure here (the drop gone after the commit) leaves the
-    file for the next run, which recognises it and deletes it. Returns what became of it."""
-    log = get_run_logger()
-    state = settle_file(district, source, status, run_id, folder, return_state=True)
-    if state.is_completed():
-        settled = state.result(_sync=True)  # _sync: also when called from an async flow
-        log.info("%s: source file %s (%s)", source.name, settled.action, settled.reason)
-        return settled.action
-    log.warning("%s: the source file could not be settled: %s", source.name, state.message)
-    return "kept"
-
-
-# --- flows --------------------------------------------------------------------------------
 
 
 def _file_run_name() -> str:
@@ -275,12 +133,12 @@ def process_file(
             the district folder itself.
     """
     log = get_run_logger()
-    by = _requester()
+    by = requester()
     check_database()
     mode = "preview" if folder == "preview" else mode
     refused = check_file_request(district, file_name, folder)
     if refused is not None:
-        return _refuse(refused)
+        return refuse(refused)
     fetched = fetch_file(district, file_name, folder)
     if fetched is None:
         log.info("%s is no longer in the drop; nothing to do", file_name)
@@ -288,7 +146,7 @@ def process_file(
             NOTHING_TO_DO, f"{file_name} is no longer in the drop", status="gone", file="gone"
         )
     if isinstance(fetched, Refused):
-        return _refuse(fetched)
+        return refuse(fetched)
     if mode == "sync":
         holding = find_held_run(district, fetched.sha256)
         if holding is not None:
@@ -299,18 +157,18 @@ def process_file(
     outcome = sync_file(district, quote(fetched), mode, by)
     del fetched
     if isinstance(outcome, Refused):
-        return _refuse(outcome)
+        return refuse(outcome)
     if folder == "preview":
         outcome = record_preview(district, quote(outcome), by)
     block = outcome.report.sync
     # The file's own run says what became of it: outcome, counts, reason, the error rows.
     log.info("%s", outcome_line(file_name, outcome))
     # The outcome is committed: from here on nothing fails the run except the outcome itself.
-    emailed = _email(lambda: results_message(district, outcome, folder), outcome.run_id)
+    emailed = send_and_record(lambda: results_message(district, outcome, folder), outcome.run_id)
     if folder == "preview" and emailed.startswith(EMAIL_FAILED):
         settled = "kept"  # deleted once its email is out: tried again next run
     else:
-        settled = _settle(district, source, outcome.status, outcome.run_id, folder)
+        settled = settle(district, source, outcome.status, outcome.run_id, folder)
     log.info("%s: %s", file_name, emailed)
     _publish(district, file_name, outcome)
     if outcome.status == "failed":
@@ -365,7 +223,7 @@ async def sync_district_drop(district: str) -> dict[str, Any]:
         district: The district's code, as its drop folder is named.
     """
     log = get_run_logger()
-    by = _requester()
+    by = requester()
     check_database()
     _roster_first(district, by)
     _previews(district, by)
@@ -390,7 +248,7 @@ def _roster_first(district: str, by: str) -> None:
         return
     get_run_logger().info("%s", taken.message)
     if taken.notice is not None:
-        get_run_logger().info("roster: %s", _notify(district, taken.notice, taken.run_id))
+        get_run_logger().info("roster: %s", notify(district, taken.notice, taken.run_id))
     if taken.delete:
         get_run_logger().info("roster files: %s", settle_roster(district, taken.delete))
 
@@ -401,7 +259,7 @@ def _previews(district: str, by: str) -> None:
     plan = plan_drop(district, list_drop(district, PREVIEW), PREVIEW)
     _before_the_files(district, plan, by, PREVIEW)
     for file in plan.ready:
-        with _lending(by), _without_heartbeats():
+        with lending(by), without_heartbeats():
             state: State = process_file(district, file.name, folder=PREVIEW, return_state=True)
         if not state.is_completed():  # kept for the next run; the files to sync go on
             get_run_logger().warning("preview of %s: %s", file.name, state.message)
@@ -416,36 +274,18 @@ def _before_the_files(
     log = get_run_logger()
     if plan.expired:
         deleted = expire_files(district, plan.expired, by, folder)
-        _notify(district, process.expiry_notice(deleted, load_settings().retention_days))
+        notify(district, process.expiry_notice(deleted, load_settings().retention_days))
     for big in plan.too_large if folder != roster.ROSTER else []:
         run_id, notice = reject_unread(district, big, by)
-        _notify(district, notice, run_id)
-        _settle(district, big, "rejected", run_id, folder)
+        notify(district, notice, run_id)
+        settle(district, big, "rejected", run_id, folder)
     if plan.refused:
         log.warning("%s entries in the drop were refused and left alone", len(plan.refused))
     if plan.refused_news:
-        _notify(district, process.refused_notice(plan.refused_news))
+        notify(district, process.refused_notice(plan.refused_news))
         mark_refusals_reported(district, plan.refused_news, folder)
     if plan.settling:
         log.info("%s files are still settling; they wait for the next run", len(plan.settling))
-
-
-# An in-process file run sends no heartbeats of its own: the district run's heartbeat already
-# says whether this process lives, and a heartbeat thread costs each run up to a second at its
-# end (the engine joins it; it sleeps in 1 s steps). The settings without heartbeats are made
-# once per process: making them (Prefect's temporary_settings) costs over 0.1 s of CPU.
-_QUIET: dict[int, tuple[Any, Any]] = {}
-
-
-@contextmanager
-def _without_heartbeats() -> Iterator[None]:
-    context = get_settings_context()
-    key = id(context.settings)
-    if key not in _QUIET:
-        updates = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-        _QUIET[key] = (context.settings, context.settings.copy_with_update(updates=updates))
-    with SettingsContext(profile=context.profile, settings=_QUIET[key][1]):
-        yield
 
 
 def _each_ready_file(
@@ -454,7 +294,7 @@ def _each_ready_file(
     """Each ready file as its own process-file run, in order, until one fails."""
     log = get_run_logger()
     for position, file in enumerate(ready):
-        with _lending(by), _without_heartbeats():
+        with lending(by), without_heartbeats():
             state: State = process_file(district, file.name, "sync", return_state=True)
         waiting = len(ready) - position - 1
         if state.is_failed() and state.name == REFUSED:
@@ -552,27 +392,27 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any] | State:
     check_database()
     held = held_sync(run_id)
     if isinstance(held, Refused):
-        return _refuse(held)
+        return refuse(held)
     refused = check_approver(held, approved_by)
     if refused is not None:
-        return _refuse(refused)
+        return refuse(refused)
     if held.kind == "roster":
         return _approve_roster(held, approved_by)
     fetched = fetch_file(held.district, held.file_name)
     if fetched is None:
-        return _refuse(process.held_file_gone(held))
+        return refuse(process.held_file_gone(held))
     if isinstance(fetched, Refused):
-        return _refuse(fetched)
+        return refuse(fetched)
     refused = check_same_file(held, quote(fetched))
     if refused is not None:
-        return _refuse(refused)
+        return refuse(refused)
     source = process.source_of(fetched)
-    outcome = sync_file(held.district, quote(fetched), "sync", _requester(), approved_by)
+    outcome = sync_file(held.district, quote(fetched), "sync", requester(), approved_by)
     del fetched
     if isinstance(outcome, Refused):
-        return _refuse(outcome)
-    emailed = _email(lambda: results_message(held.district, outcome), outcome.run_id)
-    settled = _settle(held.district, source, outcome.status, outcome.run_id)
+        return refuse(outcome)
+    emailed = send_and_record(lambda: results_message(held.district, outcome), outcome.run_id)
+    settled = settle(held.district, source, outcome.status, outcome.run_id)
     log.info(
         "held run %s: %s as run %s; %s; source file %s",
         run_id,
@@ -588,10 +428,10 @@ def approve_held_sync(run_id: int, approved_by: str) -> dict[str, Any] | State:
 
 def _approve_roster(held: Any, approved_by: str) -> dict[str, Any] | State:
     """A held roster: loaded without the guard if the drop still holds that very export."""
-    taken = approve_roster(held, approved_by, _requester())
+    taken = approve_roster(held, approved_by, requester())
     if isinstance(taken, Refused):
-        return _refuse(taken)
-    emailed = _notify(held.district, taken.notice, taken.run_id) if taken.notice else "no email"
+        return refuse(taken)
+    emailed = notify(held.district, taken.notice, taken.run_id) if taken.notice else "no email"
     files = settle_roster(held.district, taken.delete)
     get_run_logger().info("held run %s: %s; %s; files %s", held.run_id, taken.message, emailed,
                           files)  # fmt: skip
@@ -608,15 +448,15 @@ def discard_held_sync(run_id: int, discarded_by: str) -> dict[str, Any] | State:
         discarded_by: Your email: a data manager of the run's district.
     """
     check_database()
-    decided = discard_held(run_id, discarded_by, _requester())
+    decided = discard_held(run_id, discarded_by, requester())
     if isinstance(decided, Refused):
-        return _refuse(decided)
+        return refuse(decided)
     held, manager = decided
     discard = discard_roster_files if held.kind == "roster" else discard_source_file
     state = discard(held, return_state=True)
     fate = state.result() if state.is_completed() else f"not checked ({state.message})"
     get_run_logger().info("held run %s discarded; source file %s", run_id, fate)
-    _notify(held.district, process.discard_notice(held, manager, fate))
+    notify(held.district, process.discard_notice(held, manager, fate))
     return {"run_id": run_id, "file": fate}
 
 
@@ -647,6 +487,6 @@ def change_teacher_fields(
     """
     now = set_teacher_fields(district, fields, changed_by)
     if isinstance(now, Refused):
-        return _refuse(now)
+        return refuse(now)
     get_run_logger().info("teachers of %s now see: %s", district, ", ".join(now) or "nothing")
     return {"district": district, "fields": now}

@@ -85,7 +85,7 @@ ONE = {"name": "one", "entrypoint": "flows/pipeline.py:apply_access_views"}
         ({**ONE, "triggers": [{"enabled": True}]}, "deployment one: serve cannot carry out"),
         ({**ONE, "schedules": [{"interval": 60}]}, "serve builds cron schedules only"),
         ({**ONE, "description": "{{ $HOME }}"}, "deployment one: serve has no $HOME"),
-        ({**ONE, "entrypoint": "flows/pipeline.py:PRIVATE"}, "is not a flow"),
+        ({**ONE, "entrypoint": "flows/pipeline.py:FLOW_SETTINGS"}, "is not a flow"),
         ({**ONE, "entrypoint": "flows/nowhere.py:f"}, "flows/nowhere.py:f is not a flow"),
     ],
     ids=["unknown key", "interval", "unknown template", "not a flow", "no module"],
