@@ -283,7 +283,11 @@ def _before_the_files(
         log.warning("%s entries in the drop were refused and left alone", len(plan.refused))
     if plan.refused_news:
         notify(district, process.refused_notice(plan.refused_news))
-        mark_refusals_reported(district, plan.refused_news, folder)
+        mark_refusals_reported(district, [r.name for r in plan.refused_news], folder)
+    if plan.other_news:
+        names = [f"{folder}/{f.name}" if folder else f.name for f in plan.other_news]
+        notify(district, process.not_csv_notice(names, folder, load_settings().retention_days))
+        mark_refusals_reported(district, [f.name for f in plan.other_news], folder)
     if plan.settling:
         log.info("%s files are still settling; they wait for the next run", len(plan.settling))
 

@@ -392,16 +392,19 @@ def discard_holds(
     by: str,
     run_id: int | None = None,
     file_name: str | None = None,
+    kind: str = "sync",
 ) -> list[int]:
-    """Mark held runs discarded: one run, or every waiting hold of a file name (retention)."""
+    """Mark held runs discarded: one run, or every waiting hold of a file name or of a kind
+    (retention: a demographics file's holds, or the roster's)."""
     rows = conn.execute(
         """UPDATE core.sync_runs SET resolution = 'discarded', resolved_by = %s,
                   resolved_at = now()
            WHERE district_id = %s AND status = 'held' AND resolution IS NULL
              AND (%s::bigint IS NULL OR run_id = %s)
              AND (%s::text IS NULL OR file_name = %s)
+             AND (%s::bigint IS NOT NULL OR kind = %s)
            RETURNING run_id""",
-        (by, district_id, run_id, run_id, file_name, file_name),
+        (by, district_id, run_id, run_id, file_name, file_name, run_id, kind),
     ).fetchall()
     return [int(r[0]) for r in rows]
 
@@ -420,9 +423,11 @@ def observe_drop(
     files: list[tuple[str, int, datetime]],
     refused: list[tuple[str, str]],
     folder: str = "",
+    others: list[tuple[str, int, datetime, str]] | None = None,
 ) -> dict[str, datetime]:
     """Record what a folder of the drop holds now; returns when each file was first seen
-    unchanged (by its name in the folder).
+    unchanged (by its name in the folder). `others`: files of another kind (an .xlsx), with
+    why they are not read, to be told about once like a refused entry.
 
     A file whose size or time changed counts as new (first seen now); entries no longer in
     the folder are forgotten, so a refused entry that comes back is reported again.
@@ -430,6 +435,7 @@ def observe_drop(
     prefix, pattern = _in_folder(folder)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     rows = [(prefix + n, s, m, None) for n, s, m in files]
+    rows += [(prefix + n, s, m, r) for n, s, m, r in others or []]
     rows += [(prefix + n, 0, epoch, r) for n, r in refused]
     conn.execute(
         """DELETE FROM core.drop_files WHERE district_id = %s AND NOT (name = ANY(%s))

@@ -129,9 +129,14 @@ def test_listing_is_oldest_first_any_case_suffix_and_ignores_other_files(env: En
     env.place("c.Csv", age=100)
     env.place("README.txt", age=900)
     env.place("old.csv.bak", age=900)
+    env.place(".uploading.csv.part", age=900)
+    env.place("big.xlsx.filepart", age=900)
+    (env.folder() / "preview").mkdir()
     listing = env.drop().list(D)
     assert [f.name for f in listing.ready] == ["A.CSV", "b.csv", "c.Csv"]
     assert listing.settling == listing.too_large == listing.expired == listing.refused == []
+    # Plain files of another kind are listed to be told about; uploads in progress are not.
+    assert [f.name for f in listing.other] == ["README.txt", "old.csv.bak"]
     first = listing.ready[0]
     assert first.size == len(CONTENT)
     assert first.modified.utcoffset() is not None and first.modified.utcoffset().seconds == 0

@@ -85,6 +85,35 @@ def test_one_night_on_a_local_drop_roster_then_preview_then_the_file(
     assert [s.split(" ")[1] for s in subjects] == ["roster", "preview", "sync"]
 
 
+def test_a_workbook_in_the_drop_is_told_once_then_deleted_by_retention(product: Product) -> None:
+    p = product
+    p.put("d1", "students.xlsx", b"PK\x03\x04 a workbook")
+    p.put("d1", "roster/users.txt", b"not a roster file")
+
+    assert district_run("d1").is_completed()
+    assert district_run("d1").is_completed()  # the next night: not told again
+
+    roster_told, told = p.mail_to("d1")  # one notice per folder, each file named once
+    assert told["Subject"] == "d1: 1 files in the drop are not CSV files"
+    text = body(told)
+    assert "this folder takes demographics files saved as CSV" in text
+    assert 'save it as "CSV UTF-8 (Comma delimited) (*.csv)", then upload the .csv' in text
+    assert "students.xlsx" in text and "deleted from the drop after 7 days" in text
+    assert "roster/users.txt" in body(roster_told) and "users.txt" not in text
+    assert "a OneRoster export: its CSV files, or one .zip of them" in body(roster_told)
+    assert p.remote("d1") == ["roster", "students.xlsx"] and runs(p.url) == []
+
+    with psycopg.connect(p.url) as conn:  # a week and more later
+        conn.execute("UPDATE core.drop_files SET first_seen = now() - interval '8 days'")
+    assert district_run("d1").is_completed()
+
+    assert p.remote("d1") == ["roster"] and roster_folder(p) == []
+    deleted = [body(m) for m in p.mail_to("d1")[2:]]
+    assert len(deleted) == 2  # one notice per folder
+    assert any("students.xlsx" in t for t in deleted)
+    assert any("roster/users.txt" in t for t in deleted)
+
+
 def roster_files(tmp: Path, students: list[tuple[str, str, str]]) -> dict[str, bytes]:
     folder = write_roster(tmp, students, district="d1")
     return {name: (folder / name).read_bytes() for name in ROSTER_FILES}
@@ -260,3 +289,18 @@ def test_every_student_of_a_school_gone_is_held_whatever_the_limit(
     (held,) = roster_runs(p.url)
     assert held["status"] == "held"
     assert "every active student of School of d1" in body(p.mail_to("d1")[0])
+
+
+def test_a_held_roster_left_past_retention_is_deleted_and_its_hold_discarded(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    held = held_roster(p, tmp_path)
+    with psycopg.connect(p.url) as conn:
+        conn.execute("UPDATE core.drop_files SET first_seen = now() - interval '8 days'")
+
+    assert district_run("d1").is_completed()
+
+    assert roster_folder(p) == [] and active_students(p.url) == {"s1", "s2", "s3", "s4"}
+    assert {r["run_id"]: r for r in runs(p.url)}[held]["resolution"] == "discarded"
+    assert "old files deleted" in p.mail_to("d1")[-1]["Subject"]

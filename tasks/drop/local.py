@@ -139,7 +139,7 @@ class LocalDrop:
         With `expect` (the file as listed or fetched), only that file is removed: FileChanged
         when its size or time differ (a newer upload), FileGone when it is no longer there.
         """
-        check_file(district, name, folder)
+        check_file(district, name, folder, any_kind=True)
 
         def remove(check: Callable[[Entry], None]) -> bool:
             fd = self._open_folder(district, folder)

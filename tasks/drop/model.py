@@ -56,6 +56,7 @@ class DropListing:
     too_large: list[DropFile] = field(default_factory=list)  # settled, over max_file_bytes
     expired: list[DropFile] = field(default_factory=list)  # past retention_days, any size
     refused: list[RefusedEntry] = field(default_factory=list)  # never touched
+    other: list[DropFile] = field(default_factory=list)  # plain files of another kind (.xlsx)
 
 
 @dataclass(frozen=True)
@@ -212,17 +213,18 @@ def name_problem(name: str, suffixes: tuple[str, ...] = (".csv",)) -> str | None
         return "the name starts with '.'"
     if name.startswith("-"):
         return "the name starts with '-'"
-    if not has_suffix(name, suffixes):
+    if suffixes and not has_suffix(name, suffixes):
         return f"the name does not end in {' or '.join(suffixes)}"
     return None
 
 
-def check_name(name: str, folder: str = "") -> str:
-    """Return the name if it is safe to use as one path component of a file in the folder.
+def check_name(name: str, folder: str = "", *, any_kind: bool = False) -> str:
+    """Return the name if it is safe to use as one path component of a file in the folder
+    (of a kind the folder takes, unless `any_kind`: retention deletes an .xlsx too).
 
     Raises DropRefused (naming the problem, the name escaped) otherwise.
     """
-    problem = name_problem(name, FOLDERS[check_folder(folder)])
+    problem = name_problem(name, () if any_kind else FOLDERS[check_folder(folder)])
     if problem:
         raise DropRefused(f"refusing the file '{escape_name(name)}': {problem}")
     return name
@@ -236,11 +238,12 @@ def check_district(code: str) -> str:
     return code
 
 
-def check_file(district: str, name: str, folder: str = "") -> None:
+def check_file(district: str, name: str, folder: str = "", *, any_kind: bool = False) -> None:
     """The checks every operation on one file starts with: the district code, the folder,
     then the name."""
     check_district(district)
-    check_name(name, folder)
+    check_folder(folder)
+    check_name(name, folder, any_kind=any_kind)
 
 
 # --- sorting a folder ---------------------------------------------------------------------
@@ -279,13 +282,14 @@ def sort_entries(
     listing = DropListing()
     for entry in entries:
         if not has_suffix(entry.name, suffixes):
-            continue  # README.txt, partial uploads (.part), ...: not ours
+            if _is_other(entry):
+                listing.other.append(_drop_file(entry))
+            continue  # partial uploads, hidden files, folders: not ours
         reason = _refusal(entry, suffixes)
         if reason is not None:
             listing.refused.append(RefusedEntry(escape_name(entry.name), reason))
             continue
-        assert entry.size is not None and entry.mtime is not None
-        file = DropFile(entry.name, entry.size, datetime.fromtimestamp(entry.mtime, UTC))
+        file = _drop_file(entry)
         if file.modified < expire_before:
             listing.expired.append(file)
         elif file.modified > settle_after:
@@ -297,7 +301,30 @@ def sort_entries(
     for files in (listing.ready, listing.settling, listing.too_large, listing.expired):
         files.sort(key=lambda f: (f.modified, f.name))
     listing.refused.sort(key=lambda r: r.name)
+    listing.other.sort(key=lambda f: f.name)
     return listing
+
+
+# Names upload tools give a file while writing it (WinSCP, browsers, rsync's start with '.').
+PARTIAL_SUFFIXES = (".part", ".filepart", ".partial", ".tmp", ".crdownload")
+
+
+def _is_other(entry: Entry) -> bool:
+    """A plain file of a kind the folder does not take (an .xlsx, a .txt): the data managers
+    are told once, and retention deletes it. Not an upload in progress, nor a hidden file."""
+    return (
+        name_problem(entry.name, ()) is None
+        and not has_suffix(entry.name, PARTIAL_SUFFIXES)
+        and entry.mode is not None
+        and stat.S_ISREG(entry.mode)
+        and entry.size is not None
+        and entry.mtime is not None
+    )
+
+
+def _drop_file(entry: Entry) -> DropFile:
+    assert entry.size is not None and entry.mtime is not None
+    return DropFile(entry.name, entry.size, datetime.fromtimestamp(entry.mtime, UTC))
 
 
 def listed(

@@ -101,10 +101,14 @@ class SftpDrop:
         self._addresses: list[str] = []
         self._key = client_key  # the key `ssh_key` holds, read once (see _client_key)
 
-    def _path(self, district: str, name: str | None = None, sub: str = "") -> str:
+    def _path(
+        self, district: str, name: str | None = None, sub: str = "", *, any_kind: bool = False
+    ) -> str:
         folder = posixpath.join(self.base, check_district(district), check_folder(sub))
         folder = folder.rstrip("/") if sub == "" else folder
-        return folder if name is None else posixpath.join(folder, check_name(name, sub))
+        if name is None:
+            return folder
+        return posixpath.join(folder, check_name(name, sub, any_kind=any_kind))
 
     async def _session(
         self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]], pins: HostKeyPins
@@ -372,7 +376,7 @@ class SftpDrop:
         """
         import asyncssh
 
-        path = self._path(district, name, folder)
+        path = self._path(district, name, folder, any_kind=True)
         removing = False  # a remove was sent: if the connection broke, it may have been done
 
         async def op(sftp: asyncssh.SFTPClient, check: Callable[[Entry], None]) -> bool:

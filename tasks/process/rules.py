@@ -7,7 +7,7 @@ Nothing here opens a connection or the drop, so each rule can be read and tested
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -98,6 +98,7 @@ class DropPlan:
     expired: list[DropFile]
     refused: list[RefusedEntry]  # all refused entries now in the drop
     refused_news: list[RefusedEntry]  # those the data managers have not been told about
+    other_news: list[DropFile] = field(default_factory=list)  # an .xlsx not yet told about
 
 
 def listed_files(listing: DropListing) -> list[DropFile]:
@@ -115,7 +116,7 @@ def judge_drop(
     """Each file's age from when the service first saw it unchanged (an upload tool may keep
     the original modification time): first seen at `cutoff` or before, it has expired; larger
     than `limit` bytes, it is too large. `news`: the refused names not yet reported."""
-    expired = [f for f in listed_files(listing) if first_seen[f.name] <= cutoff]
+    expired = [f for f in [*listed_files(listing), *listing.other] if first_seen[f.name] <= cutoff]
     kept = {f.name for f in expired}
     plan = DropPlan(
         ready=[f for f in [*listing.ready, *listing.expired] if f.name not in kept],
@@ -124,6 +125,7 @@ def judge_drop(
         expired=sorted(expired, key=lambda f: (f.modified, f.name)),
         refused=listing.refused,
         refused_news=[r for r in listing.refused if r.name in news],
+        other_news=[f for f in listing.other if f.name in news and f.name not in kept],
     )
     # A file judged young again after all (old time, newly seen) may be over the limit.
     plan.too_large += [f for f in plan.ready if f.size > limit]
@@ -163,6 +165,25 @@ def refused_notice(entries: list[RefusedEntry]) -> Notice:
             "These entries in the drop are left alone, and nothing in them is synced; remove "
             "them, or upload the file again as a plain file with a simple name ending in .csv:",
             *(f"{r.name}: {r.reason}" for r in entries),
+        ],
+    )
+
+
+def not_csv_notice(names: list[str], folder: str, retention_days: float) -> Notice:
+    """Files of another kind (an .xlsx, a .txt): said once, with what to upload instead."""
+    takes = (
+        "a OneRoster export: its CSV files, or one .zip of them"
+        if folder == "roster"
+        else "demographics files saved as CSV"
+    )
+    return Notice(
+        f"{len(names)} files in the drop are not CSV files",
+        [
+            f"These files are not read: this folder takes {takes}. Open each in Excel (or your "
+            'spreadsheet) and save it as "CSV UTF-8 (Comma delimited) (*.csv)", then upload '
+            "the .csv:",
+            *names,
+            f"The files named here are deleted from the drop after {retention_days:g} days.",
         ],
     )
 

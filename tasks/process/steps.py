@@ -22,7 +22,6 @@ from tasks.drop import (
     FetchedFile,
     FileChanged,
     FileGone,
-    RefusedEntry,
     check_district,
     check_name,
     megabytes,
@@ -47,6 +46,9 @@ from tasks.process.safety import refusing, safe_step
 from tasks.settings import Settings, load_settings
 from tasks.sync import Mode, SyncOutcome, run_file
 from tasks.sync import record_preview as _record_preview
+
+# Why a file of another kind is not read, as core.drop_files records it.
+NOT_TAKEN = "not a kind of file this folder takes"
 
 
 def _url(settings: Settings | None = None) -> str:
@@ -333,6 +335,7 @@ def plan_drop(district: str, listing: DropListing, folder: str = "") -> DropPlan
             [(f.name, f.size, f.modified) for f in listed_files(listing)],
             [(r.name, r.reason) for r in listing.refused],
             folder,
+            [(f.name, f.size, f.modified, NOT_TAKEN) for f in listing.other],
         )
         news = store.refusals_to_report(conn, found.district_id, folder)
     cutoff = datetime.now(UTC) - timedelta(days=settings.retention_days)
@@ -340,10 +343,11 @@ def plan_drop(district: str, listing: DropListing, folder: str = "") -> DropPlan
 
 
 @safe_step
-def mark_refusals_reported(district: str, entries: list[RefusedEntry], folder: str = "") -> None:
+def mark_refusals_reported(district: str, names: list[str], folder: str = "") -> None:
+    """The data managers were told about these refused entries or files of another kind."""
     with _database() as conn:
         found = store.get_district(conn, district)
-        store.mark_refusals_reported(conn, found.district_id, [r.name for r in entries], folder)
+        store.mark_refusals_reported(conn, found.district_id, names, folder)
 
 
 @safe_step
@@ -359,13 +363,15 @@ def expire_files(
         found = store.get_district(conn, district)
         for f in files:
             try:
-                drop.delete(district, check_name(f.name, folder), f, folder=folder)
+                drop.delete(district, check_name(f.name, folder, any_kind=True), f, folder=folder)
             except FileChanged:
                 continue  # a new upload under that name: it is judged afresh next time
             except FileGone:
                 pass
-            held_as = f"{folder}/" if folder == "roster" else f.name
-            store.discard_holds(conn, found.district_id, requested_by, file_name=held_as)
+            if folder == "roster":  # any of its files gone: the held roster is no more
+                store.discard_holds(conn, found.district_id, requested_by, kind="roster")
+            else:
+                store.discard_holds(conn, found.district_id, requested_by, file_name=f.name)
             deleted.append(f"{folder}/{f.name}" if folder else f.name)
     return deleted
 
