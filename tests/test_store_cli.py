@@ -317,7 +317,10 @@ def test_drop_put_and_list_on_the_local_drop(
     (folder / "older.csv").write_bytes(data)
     os.utime(folder / "older.csv", (old, old))
     (folder / "link.csv").symlink_to(folder / "older.csv")
-    (folder / "notes.txt").write_text("not a csv: not listed")
+    (folder / "notes.txt").write_text("not a csv")
+    (folder / ".upload.csv.part").write_text("an upload in progress: not listed")
+    roster = cli("drop", "put", source, "--district", D, "--folder", "roster")
+    assert roster.stdout == f"placed upload.csv in {folder.parent.as_uri()}/{D}/roster\n"
     listing = cli("drop", "list", "--district", D)
 
     assert listing.exit_code == 0, listing.output
@@ -326,7 +329,9 @@ def test_drop_put_and_list_on_the_local_drop(
     assert _listed(listing.stdout) == [
         ("ready", len(data), "older.csv"),
         ("settling (may still be uploading)", len(data), "upload.csv"),
+        ("not a kind taken here (told once)", 9, "notes.txt"),
         ("refused (a link)", None, "link.csv"),
+        ("settling (may still be uploading)", len(data), "roster/upload.csv"),
     ]
 
 

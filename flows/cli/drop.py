@@ -7,6 +7,7 @@ only inside the flow commands.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -33,47 +34,72 @@ def _known_district(code: str) -> None:
         get_district(conn, code)
 
 
+class Folder(StrEnum):
+    district = "district"
+    roster = "roster"
+    preview = "preview"
+
+
 @drop_app.command("list")
 @one_line_errors
 def drop_list(district: DistrictOption) -> None:
-    """Show what the nightly run would do with each file in a district's drop."""
-    from tasks.drop import check_district, open_drop
-    from tasks.render import printable
+    """Show what the nightly run would do with each file in a district's drop: its folder,
+    its roster/ and its preview/."""
+    from tasks.drop import FOLDERS, check_district, open_drop
     from tasks.settings import load_settings
 
     settings = load_settings()
     _known_district(check_district(district))
     drop = open_drop(settings)
-    listing = drop.list(district)
     typer.echo(f"{drop.description}/{district}")
+    for folder in FOLDERS:
+        _list_folder(drop.list(district, folder=folder), f"{folder}/" if folder else "")
+
+
+def _list_folder(listing: Any, prefix: str) -> None:
+    from tasks.render import printable
+
     groups = (
         ("ready", listing.ready),
         ("settling (may still be uploading)", listing.settling),
         ("too large (rejected unread)", listing.too_large),
         ("past retention (deleted)", listing.expired),
+        ("not a kind taken here (told once)", listing.other),
     )
     for label, files in groups:
         for f in files:
             stamp = f.modified.strftime("%Y-%m-%d %H:%M:%S")
-            typer.echo(f"  {label:<36} {stamp} UTC {f.size:>12} bytes  {printable(f.name)}")
+            name = printable(prefix + f.name)
+            typer.echo(f"  {label:<36} {stamp} UTC {f.size:>12} bytes  {name}")
     for r in listing.refused:
-        typer.echo(f"  {'refused (' + r.reason + ')':<36} {r.name}")
+        typer.echo(f"  {'refused (' + r.reason + ')':<36} {prefix}{r.name}")
 
 
 @drop_app.command("put")
 @one_line_errors
-def drop_put(file: FileArgument, district: DistrictOption) -> None:
+def drop_put(
+    file: FileArgument,
+    district: DistrictOption,
+    folder: Annotated[
+        Folder,
+        typer.Option(
+            help="district: a demographics file to sync; roster: a OneRoster file or .zip; "
+            "preview: a file to check without syncing."
+        ),
+    ] = Folder.district,
+) -> None:
     """Place a file in a district's drop, as a district's upload would."""
     from tasks.drop import check_district, check_name, open_drop
     from tasks.settings import load_settings
 
     settings = load_settings()
     _known_district(check_district(district))
-    name = check_name(file.name)
+    sub = "" if folder is Folder.district else folder.value
+    name = check_name(file.name, sub)
     data = read_or_fail(file)
     drop = open_drop(settings)
-    drop.put(district, name, data)
-    typer.echo(f"placed {file.name} in {drop.description}/{district}")
+    drop.put(district, name, data, folder=sub)
+    typer.echo(f"placed {file.name} in {drop.description}/{district}" + (f"/{sub}" if sub else ""))
 
 
 ENGINE_PREFIX = "Flow run encountered an exception: "
