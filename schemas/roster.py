@@ -1,7 +1,10 @@
-"""What a OneRoster 1.1 CSV roster looks like, as far as this project reads it.
+"""What a OneRoster 1.1 or 1.2 CSV roster looks like, as far as this project reads it.
 
 Only the columns the project uses are required; any other OneRoster column may be present and
 is ignored. Headers are matched ignoring case and spaces, like the demographics file's.
+`manifest.csv` (`oneroster.version`) says which version a roster is; without one it is 1.1.
+1.2 moves each user's role and orgs from users.csv to roles.csv (one row per user, org and
+role); a 1.2 roster is read as the 1.1 one it amounts to (tasks/roster/oneroster12.py).
 """
 
 from __future__ import annotations
@@ -44,7 +47,45 @@ REQUIRED_VALUES: dict[str, tuple[str, ...]] = {
     "users.csv": ("sourcedId", "orgSourcedIds", "role"),
     "classes.csv": ("sourcedId", "title", "schoolSourcedId"),
     "enrollments.csv": ("sourcedId", "classSourcedId", "userSourcedId", "role"),
+    "roles.csv": ("sourcedId", "userSourcedId", "roleType", "role", "orgSourcedId"),  # 1.2
 }
+
+# OneRoster 1.2: users.csv loses role and orgSourcedIds, which roles.csv carries.
+ROSTER_FILES_12: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    **ROSTER_FILES,
+    "users.csv": (
+        ("sourcedId", "givenName", "familyName"),
+        ("status", "enabledUser", "identifier", "email"),
+    ),
+    "roles.csv": (("sourcedId", "userSourcedId", "roleType", "role", "orgSourcedId"), ("status",)),
+}
+ROLE_TYPES = ("primary", "secondary")
+# The 1.2 role vocabulary (lower case), and the 1.1 role each one is kept as. Counselors and
+# `ext:` roles have no place in this project's access model: such users are not loaded.
+ROLES_12: dict[str, str | None] = {
+    "aide": "aide",
+    "counselor": None,
+    "districtadministrator": "administrator",
+    "guardian": "guardian",
+    "parent": "parent",
+    "principal": "administrator",
+    "proctor": "proctor",
+    "relative": "relative",
+    "siteadministrator": "administrator",
+    "student": "student",
+    "systemadministrator": "administrator",
+    "teacher": "teacher",
+}
+ONEROSTER_VERSIONS = ("1.1", "1.2")
+# The files shown first to last in a report (manifest.csv and roles.csv among them).
+FILE_ORDER = (
+    "manifest.csv",
+    "orgs.csv",
+    "users.csv",
+    "roles.csv",
+    "classes.csv",
+    "enrollments.csv",
+)
 
 ORG_TYPES = ("department", "school", "district", "local", "state", "national")
 USER_ROLES = (

@@ -214,6 +214,42 @@ def write_roster(
     return folder
 
 
+USERS_12 = (
+    "sourcedId,status,dateLastModified,enabledUser,username,userIds,givenName,familyName,"
+    "middleName,identifier,email,sms,phone,agentSourcedIds,grades,password,"
+    "userMasterIdentifier,resourceSourcedIds,preferredGivenName,preferredMiddleName,"
+    "preferredFamilyName,primaryOrgSourcedId,pronouns"
+)
+ROLES_12 = (
+    "sourcedId,status,dateLastModified,userSourcedId,roleType,role,beginDate,endDate,"
+    "orgSourcedId,userProfileSourcedId"
+)
+
+
+def as_oneroster_12(folder: Path, roles: dict[str, str] | None = None) -> Path:
+    """The 1.1 roster in `folder` rewritten as OneRoster 1.2: users.csv without role and
+    orgSourcedIds, a roles.csv (one primary role per user and org; `roles` renames a user's
+    role, e.g. to districtAdministrator) and a manifest.csv saying 1.2."""
+    import csv as csv_module
+
+    rows = list(csv_module.DictReader((folder / "users.csv").open(encoding="utf-8")))
+    names = USERS_12.split(",")
+    users = [",".join(r.get(n, "") or "" for n in names) for r in rows]
+    role_rows = [
+        f"role-{r['sourcedId']}-{org},,,{r['sourcedId']},primary,"
+        f"{(roles or {}).get(r['sourcedId'], r['role'])},,,{org},"
+        for r in rows
+        for org in r["orgSourcedIds"].split(",")
+    ]
+    (folder / "users.csv").write_text(USERS_12 + "\n" + "".join(u + "\n" for u in users))
+    (folder / "roles.csv").write_text(ROLES_12 + "\n" + "".join(r + "\n" for r in role_rows))
+    (folder / "manifest.csv").write_text(
+        "propertyName,value\nmanifest.version,1.0\noneroster.version,1.2\nfile.orgs,bulk\n"
+        "file.users,bulk\nfile.roles,bulk\nfile.classes,bulk\nfile.enrollments,bulk\n"
+    )
+    return folder
+
+
 @dataclass(frozen=True)
 class PrefectStore:
     """Where the session's Prefect server keeps what it stores: its PostgreSQL database (a

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import write_roster
+from conftest import as_oneroster_12, write_roster
 from flowhelp import APPROVER, Product, csv_bytes, district_run, runs
 from storehelp import STUDENTS, line, values
 
@@ -304,3 +304,22 @@ def test_a_held_roster_left_past_retention_is_deleted_and_its_hold_discarded(
     assert roster_folder(p) == [] and active_students(p.url) == {"s1", "s2", "s3", "s4"}
     assert {r["run_id"]: r for r in runs(p.url)}[held]["resolution"] == "discarded"
     assert "old files deleted" in p.mail_to("d1")[-1]["Subject"]
+
+
+def test_a_oneroster_12_export_by_the_drop_waits_for_roles_then_loads(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    folder = as_oneroster_12(write_roster(tmp_path / "r", [*STUDENTS, NEW], district="d1"))
+    files = {f.name: f.read_bytes() for f in folder.iterdir()}
+    roles = files.pop("roles.csv")
+    put_roster(p, files)
+    assert district_run("d1").is_completed()
+    assert roster_runs(p.url) == [] and "roles.csv" not in roster_folder(p)  # it waits
+
+    p.put("d1", "roster/roles.csv", roles)
+    assert district_run("d1").is_completed()
+
+    (loaded,) = roster_runs(p.url)
+    assert loaded["status"] == "succeeded" and "s5" in active_students(p.url)
+    assert roster_folder(p) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import write_roster
+from conftest import as_oneroster_12, write_roster
 from storehelp import STUDENTS, load
 
 from tasks.roster import RosterRefused, load_roster, read_roster
@@ -191,3 +191,61 @@ def test_a_district_added_first_takes_its_roster_and_its_first_data_manager(
         pytest.raises(RosterRefused, match="belongs to a different district"),
     ):
         load_roster(conn, "new-d", read_roster(write_roster(tmp_path / "o", STUDENTS)))
+
+
+def test_a_oneroster_12_roster_loads_as_its_11_twin(db: str, tmp_path: Path) -> None:
+    twin = load(db, "d11", write_roster(tmp_path / "a", STUDENTS, district="org-a"))
+    folder = as_oneroster_12(write_roster(tmp_path / "b", STUDENTS, district="org-b"))
+    assert "role" not in (folder / "users.csv").read_text().splitlines()[0].split(",")
+    loaded = load(db, "d12", folder)
+    counts = {k: (c.active, c.added) for k, c in loaded.counts.items()}
+    assert counts == {k: (c.active, c.added) for k, c in twin.counts.items()}
+    assert loaded.issues == twin.issues == []
+
+
+def test_oneroster_12_roles_become_the_11_roles_and_orgs(db: str, tmp_path: Path) -> None:
+    folder = write_roster(tmp_path / "r", STUDENTS, district="org-d")
+    users = (folder / "users.csv").read_text()
+    users += "adm,,,true,org-d,administrator,adm,,Ada,Admin,,A1,ada@example.org,,,,,\n"
+    users += "csl,,,true,org-d-sch,counselor,csl,,Cy,Counsel,,C1,cy@example.org,,,,,\n"
+    (folder / "users.csv").write_text(users)
+    as_oneroster_12(folder, roles={"adm": "districtAdministrator"})
+    # A second, secondary role of the teacher at the district org: their orgs are both.
+    with (folder / "roles.csv").open("a") as roles:
+        roles.write("role-extra,,,org-d-t1,secondary,siteAdministrator,,,org-d,\n")
+    load(db, "d", folder)
+    with psycopg.connect(db) as conn:
+        staff = conn.execute(
+            "SELECT sourced_id, role, district_wide FROM core.staff ORDER BY sourced_id"
+        ).fetchall()
+    # The counselor has no place in the access model and is not loaded.
+    assert staff == [("adm", "administrator", True), ("org-d-t1", "teacher", True)]
+
+
+def test_oneroster_12_errors_say_file_row_column_and_code(tmp_path: Path) -> None:
+    folder = as_oneroster_12(write_roster(tmp_path / "r", STUDENTS[:2]))
+    roles = (folder / "roles.csv").read_text().splitlines()
+    roles[1] = roles[1].replace(",primary,", ",main,")  # row 2
+    roles[2] = roles[2].replace(",s1,", ",nobody,")  # row 3: s1 then has no role
+    roles.append("r9,,,s2,primary,ext:mentor,,,no-such-org,")  # row 5
+    (folder / "roles.csv").write_text("\n".join(roles) + "\n")
+
+    found = [(i.file, i.row, i.column, i.code) for i in read_roster(folder).issues]
+
+    assert found == [
+        ("users.csv", 3, "sourcedId", "no_role"),
+        ("roles.csv", 2, "roleType", "invalid_value"),
+        ("roles.csv", 3, "userSourcedId", "unknown_reference"),
+        ("roles.csv", 5, "orgSourcedId", "unknown_reference"),
+        ("enrollments.csv", 3, "userSourcedId", "unknown_reference"),  # s1, without a role
+    ]
+    (folder / "manifest.csv").write_text("propertyName,value\noneroster.version,2.0\n")
+    (issue,) = read_roster(folder).issues
+    assert (issue.file, issue.code, issue.message) == (
+        "manifest.csv",
+        "unsupported_version",
+        "oneroster.version must be 1.1 or 1.2",
+    )
+    (folder / "manifest.csv").write_text("propertyName,value\noneroster.version,1.2\n")
+    (folder / "roles.csv").unlink()
+    assert [(i.file, i.code) for i in read_roster(folder).issues] == [("roles.csv", "missing_file")]

@@ -33,7 +33,7 @@ from tasks.process.steps import _database
 from tasks.render import roster_issue_line
 from tasks.roster import RosterRefused, load_roster
 from tasks.roster.drop import is_zip, plan_roster, roster_name, roster_sha256, unpack
-from tasks.roster.read import read_roster_files
+from tasks.roster.read import read_roster_files, required_files
 from tasks.settings import load_settings
 
 ROSTER = "roster"
@@ -77,6 +77,9 @@ def take_roster(district: str, requested_by: str, listed: DropPlan) -> RosterTak
     fetched = _fetch(drop, district, plan.take, settings.max_file_bytes)
     if fetched is None:
         return RosterTaken("waiting", "the roster left or changed while it was read; it waits")
+    missing = [n for n in required_files(fetched.files) if n not in fetched.files]
+    if missing and not is_zip(plan.take[0].name):  # 1.2 (its manifest says) needs roles.csv
+        return RosterTaken("waiting", f"the roster waits: {', '.join(missing)} has not arrived")
     later = fetched.sources + plan.superseded
     with _database(settings) as conn:
         found = store.get_district(conn, district)

@@ -1,4 +1,5 @@
-"""Read a roster folder's four files into frames, and check them (tasks/roster/rules.py)."""
+"""Read a roster's files into frames, and check them (tasks/roster/rules.py); a OneRoster 1.2
+roster is read as the 1.1 one it amounts to (tasks/roster/oneroster12.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from pathlib import Path
 import polars as pl
 
 from schemas.issues import Severity
-from schemas.roster import ROSTER_FILES, RosterIssue
+from schemas.roster import ROSTER_FILES, ROSTER_FILES_12, RosterIssue
 from tasks.read import FIELDS, ROW, ParsedFile, column_key, read_demographics
+from tasks.roster.oneroster12 import as_oneroster_11, roster_version
 from tasks.roster.rules import check_files, issue_order
+
+# A file's columns: (required, optional used).
+Columns = tuple[tuple[str, ...], tuple[str, ...]]
 
 
 @dataclass
@@ -27,14 +32,21 @@ class RosterSnapshot:
 
 
 def read_roster(directory: Path) -> RosterSnapshot:
-    """Read and check the four files of a roster folder. Never raises for any content."""
+    """Read and check the files of a roster folder. Never raises for any content."""
     issues: list[RosterIssue] = []
     files = {}
-    for name in ROSTER_FILES:
-        data = _read_bytes(directory / name, name, issues)
-        if data is not None:
-            files[name] = data
+    for name in (*ROSTER_FILES_12, "manifest.csv"):
+        if name in ROSTER_FILES or (directory / name).exists():
+            data = _read_bytes(directory / name, name, issues)
+            if data is not None:
+                files[name] = data
     return read_roster_files(files, issues)
+
+
+def required_files(files: Mapping[str, bytes]) -> tuple[str, ...]:
+    """The files a roster of this version needs (roles.csv too for 1.2, by its manifest)."""
+    version = roster_version(files, [])
+    return tuple(ROSTER_FILES_12 if version == "1.2" else ROSTER_FILES)
 
 
 def read_roster_files(
@@ -43,25 +55,39 @@ def read_roster_files(
     """Check a roster given as its files' bytes by name (from a folder, the drop or a .zip);
     a missing file is an issue. `issues`: found before (a file that could not be read)."""
     snapshot = RosterSnapshot(issues=list(issues or []))
-    for name in ROSTER_FILES:
+    version = roster_version(files, snapshot.issues)
+    if version is not None:
+        _read_files(files, version, snapshot)
+    snapshot.issues.sort(key=issue_order)
+    return snapshot
+
+
+def _read_files(files: Mapping[str, bytes], version: str, snapshot: RosterSnapshot) -> None:
+    spec = ROSTER_FILES_12 if version == "1.2" else ROSTER_FILES
+    frames = {}
+    for name, columns in spec.items():
         if name not in files:
             if not any(i.file == name for i in snapshot.issues):
                 snapshot.issues.append(_missing(name))
             continue
-        frame = _read_file(files[name], name, snapshot.issues)
+        frame = _read_file(files[name], name, snapshot.issues, columns, version)
         if frame is not None:
-            snapshot.frames[name] = frame
-    if len(snapshot.frames) == len(ROSTER_FILES):
-        snapshot.issues.extend(check_files(snapshot.frames))
-    snapshot.issues.sort(key=issue_order)
-    return snapshot
+            frames[name] = frame
+    if len(frames) < len(spec):
+        return
+    if version == "1.2":
+        frames = as_oneroster_11(frames, snapshot.issues)
+    snapshot.frames = frames
+    snapshot.issues.extend(check_files(frames))
 
 
 def _missing(name: str) -> RosterIssue:
     return RosterIssue(name, "error", "missing_file", f"{name} is missing from the roster folder")
 
 
-def _read_file(data: bytes, name: str, issues: list[RosterIssue]) -> pl.DataFrame | None:
+def _read_file(
+    data: bytes, name: str, issues: list[RosterIssue], columns: Columns, version: str
+) -> pl.DataFrame | None:
     """One file as a frame of the columns used, or None (with the issue why) if it cannot be."""
     parsed = read_demographics(data, name)
     for issue in parsed.issues:
@@ -76,10 +102,10 @@ def _read_file(data: bytes, name: str, issues: list[RosterIssue]) -> pl.DataFram
         )
     if parsed.stopped:
         return None
-    positions = _column_positions(parsed.header, name, issues)
+    positions = _column_positions(parsed.header, name, issues, columns, version)
     if positions is None:
         return None
-    return _complete_rows(parsed, positions, name, issues)
+    return _complete_rows(parsed, positions, name, issues, columns)
 
 
 def _read_bytes(path: Path, name: str, issues: list[RosterIssue]) -> bytes | None:
@@ -95,11 +121,11 @@ def _read_bytes(path: Path, name: str, issues: list[RosterIssue]) -> bytes | Non
 
 
 def _column_positions(
-    header: list[str], name: str, issues: list[RosterIssue]
+    header: list[str], name: str, issues: list[RosterIssue], columns: Columns, version: str
 ) -> dict[str, int] | None:
     """Where each used column is (headers matched ignoring case and spaces), or None if one
     appears twice or a required one is missing."""
-    required, optional = ROSTER_FILES[name]
+    required, optional = columns
     wanted = {c.casefold(): c for c in (*required, *optional)}
     positions: dict[str, int] = {}
     for index, raw in enumerate(header):
@@ -126,7 +152,7 @@ def _column_positions(
                 name,
                 "error",
                 "missing_column",
-                f"{name} has no {', '.join(missing)} column; a OneRoster 1.1 {name} needs "
+                f"{name} has no {', '.join(missing)} column; a OneRoster {version} {name} needs "
                 f"{', '.join(required)}",
             )
         )
@@ -135,11 +161,15 @@ def _column_positions(
 
 
 def _complete_rows(
-    parsed: ParsedFile, positions: dict[str, int], name: str, issues: list[RosterIssue]
+    parsed: ParsedFile,
+    positions: dict[str, int],
+    name: str,
+    issues: list[RosterIssue],
+    columns: Columns,
 ) -> pl.DataFrame:
     """The used columns under their OneRoster names (absent optional ones empty); a row whose
     field count differs from the header's is an issue and left out."""
-    required, optional = ROSTER_FILES[name]
+    required, optional = columns
     frame = parsed.records.select(
         ROW,
         FIELDS,

@@ -18,6 +18,7 @@ from schemas.cells import SSID_PATTERN
 from schemas.roster import (
     BOOLEANS,
     ENROLLMENT_ROLES,
+    FILE_ORDER,
     ORG_TYPES,
     REQUIRED_VALUES,
     ROSTER_FILES,
@@ -84,7 +85,7 @@ def _views(frames: Views) -> dict[str, pl.DataFrame]:
     }
 
 
-def _every_file(name: str) -> list[Rule]:
+def every_file(name: str) -> list[Rule]:
     """The rules every file has: required values, unique ids, a known status."""
     return [
         *(
@@ -164,7 +165,7 @@ def _unknown_class(views: Views) -> pl.Expr:
 
 
 RULES: list[Callable[[Views], list[RosterIssue]]] = [
-    *(rule for name in ROSTER_FILES for rule in _every_file(name)),
+    *(rule for name in ROSTER_FILES for rule in every_file(name)),
     Rule(
         "orgs.csv",
         "type",
@@ -288,7 +289,6 @@ def check_files(frames: Views) -> list[RosterIssue]:
 
 
 def issue_order(issue: RosterIssue) -> tuple[int, int, str]:
-    """Issues are shown by file (in ROSTER_FILES order), row, then column."""
-    order = list(ROSTER_FILES)
-    place = order.index(issue.file) if issue.file in order else -1  # a .zip: before its files
+    """Issues are shown by file (in FILE_ORDER), row, then column."""
+    place = FILE_ORDER.index(issue.file) if issue.file in FILE_ORDER else -1  # a .zip: first
     return (place, issue.row or 0, issue.column or "")
