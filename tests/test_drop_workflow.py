@@ -16,6 +16,7 @@ from flowhelp import APPROVER, Product, csv_bytes, district_run, runs
 from storehelp import STUDENTS, line, values
 
 from flows.pipeline import approve_held_sync, discard_held_sync
+from tasks.store import add_district
 
 NEW = ("s5", "0000000005", "eve@students.example.org")
 ROSTER_FILES = ("orgs.csv", "users.csv", "classes.csv", "enrollments.csv")
@@ -323,3 +324,25 @@ def test_a_oneroster_12_export_by_the_drop_waits_for_roles_then_loads(
     (loaded,) = roster_runs(p.url)
     assert loaded["status"] == "succeeded" and "s5" in active_students(p.url)
     assert roster_folder(p) == []
+
+
+def test_a_district_added_by_an_operator_takes_its_first_roster_by_the_drop(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    with psycopg.connect(p.url, autocommit=True) as conn:
+        add_district(conn, "d3", "District Three", "T1@example.org", "operator")
+    folder = write_roster(tmp_path / "r", [("n1", "0000000031", "nia@students.example.org")],
+                          district="org-3")  # fmt: skip
+    for f in folder.iterdir():
+        p.put("d3", f"roster/{f.name}", f.read_bytes())
+    p.put("d3", "demographics.csv", csv_bytes([line(ssid="0000000031", gender="F")]))
+
+    assert district_run("d3").is_completed()
+
+    assert values(p.url, "d3")["n1"]["gender"] == "F"
+    to_d3 = [m for m in p.smtp.messages() if m["X-Demographics-District"] == "d3"]
+    assert [m["Subject"].split(":")[1].split()[0] for m in to_d3] == ["roster", "sync"]
+    assert all(m["To"] == "t1@example.org" for m in to_d3)  # granted by the roster: as staff
+    with psycopg.connect(p.url) as conn:
+        assert conn.execute("SELECT count(*) FROM core.pending_managers").fetchone() == (0,)

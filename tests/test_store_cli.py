@@ -210,6 +210,9 @@ def test_settings_show_and_change_what_the_sync_uses(district: str, tmp_path: Pa
     shown = cli("settings", "--district", D)
     assert shown.exit_code == 0
     assert "error limit   20%" in shown.output and "gender codes  M, F" in shown.output
+    assert "roster limit  10% of active students deactivated holds a roster" in shown.output
+    raised = cli("settings", "--district", D, "--roster-limit", "0.3")
+    assert "roster limit  30%" in raised.output
     path = _file(tmp_path, [line("0000000001", gender="X"), line("0000000002", gender="F")])
     assert cli("sync", path, "--district", D).exit_code == 1  # X is not allowed yet
     changed = cli("settings", "--district", D, "--gender-codes", "m,f,x", "--hold-limit", "0.5")
