@@ -437,8 +437,9 @@ def _approve_roster(held: Any, approved_by: str) -> dict[str, Any] | State:
         return refuse(taken)
     emailed = notify(held.district, taken.notice, taken.run_id) if taken.notice else "no email"
     files = settle_roster(held.district, taken.delete)
-    get_run_logger().info("held run %s: %s; %s; files %s", held.run_id, taken.message, emailed,
-                          files)  # fmt: skip
+    get_run_logger().info(
+        "held run %s: %s; %s; files %s", held.run_id, taken.message, emailed, files
+    )
     return {"status": "succeeded", "run_id": taken.run_id, "file": files}
 
 

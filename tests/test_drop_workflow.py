@@ -332,8 +332,9 @@ def test_a_district_added_by_an_operator_takes_its_first_roster_by_the_drop(
     p = product
     with psycopg.connect(p.url, autocommit=True) as conn:
         add_district(conn, "d3", "District Three", "T1@example.org", "operator")
-    folder = write_roster(tmp_path / "r", [("n1", "0000000031", "nia@students.example.org")],
-                          district="org-3")  # fmt: skip
+    folder = write_roster(
+        tmp_path / "r", [("n1", "0000000031", "nia@students.example.org")], district="org-3"
+    )
     for f in folder.iterdir():
         p.put("d3", f"roster/{f.name}", f.read_bytes())
     p.put("d3", "demographics.csv", csv_bytes([line(ssid="0000000031", gender="F")]))
@@ -346,3 +347,20 @@ def test_a_district_added_by_an_operator_takes_its_first_roster_by_the_drop(
     assert all(m["To"] == "t1@example.org" for m in to_d3)  # granted by the roster: as staff
     with psycopg.connect(p.url) as conn:
         assert conn.execute("SELECT count(*) FROM core.pending_managers").fetchone() == (0,)
+
+
+def test_a_new_export_replaces_a_held_roster(product: Product, tmp_path: Path) -> None:
+    p = product
+    held = held_roster(p, tmp_path)
+    for name in ROSTER_FILES:
+        (p.sftp.drop_dir / "d1" / "roster" / name).unlink()
+    put_roster(p, roster_files(tmp_path / "fixed", [*STUDENTS, NEW]))
+
+    assert district_run("d1").is_completed()
+
+    recorded = {r["run_id"]: r for r in runs(p.url)}
+    assert recorded[held]["resolution"] == "discarded"
+    assert "a newer roster" in recorded[held]["resolved_by"]
+    assert "s5" in active_students(p.url) and roster_folder(p) == []
+    refused = approve_held_sync(held, approved_by=APPROVER, return_state=True)
+    assert refused.is_failed() and "already discarded" in (refused.message or "")

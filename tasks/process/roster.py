@@ -87,13 +87,22 @@ def take_roster(district: str, requested_by: str, listed: DropPlan) -> RosterTak
         if held is not None:
             said = f"{fetched.name} is held by run {held}, waiting for a data manager; kept"
             return RosterTaken("still held", said, held)
+        # A new export replaces a held one: the old hold has nothing left to approve.
+        store.discard_holds(
+            conn, found.district_id, f"{requested_by} (a newer roster)", kind="roster"
+        )
         same = store.loaded_roster(conn, found.district_id, fetched.sha256)
         if same is not None:
             said = f"{fetched.name}: the same roster as run {same}; nothing changed"
             run_id = _record_alone(
-                conn, found.district_id, fetched, requested_by, "succeeded", said,
+                conn,
+                found.district_id,
+                fetched,
+                requested_by,
+                "succeeded",
+                said,
                 same_as_run_id=same,
-            )  # fmt: skip
+            )
             return RosterTaken("unchanged", said, run_id, delete=later)
         return _load(conn, found, fetched, requested_by, later, settings.lock_wait_seconds)
 
@@ -142,8 +151,9 @@ def _load(
         run_id = _record_alone(
             conn, found.district_id, fetched, by, "rejected", said, errors=snapshot.errors
         )
-        return RosterTaken("invalid", said, run_id, invalid_notice(fetched.name, snapshot.issues),
-                           later)  # fmt: skip
+        return RosterTaken(
+            "invalid", said, run_id, invalid_notice(fetched.name, snapshot.issues), later
+        )
     recorded: list[int] = []
 
     def on_loaded(cur: psycopg.Cursor, district_id: int, result: RosterResult) -> None:
@@ -152,14 +162,19 @@ def _load(
 
     try:
         result = load_roster(
-            conn, found.code, snapshot, lock_wait_seconds, guard=found.roster_limit,
+            conn,
+            found.code,
+            snapshot,
+            lock_wait_seconds,
+            guard=found.roster_limit,
             on_loaded=on_loaded,
-        )  # fmt: skip
+        )
     except RosterRefused as exc:  # another district's export: as invalid, said once
         said = f"{fetched.name} was not loaded: {exc}"
         run_id = _record_alone(conn, found.district_id, fetched, by, "rejected", said, errors=1)
-        notice = invalid_notice(fetched.name, [RosterIssue("orgs.csv", "error", "other_district",
-                                                           str(exc))])  # fmt: skip
+        notice = invalid_notice(
+            fetched.name, [RosterIssue("orgs.csv", "error", "other_district", str(exc))]
+        )
         return RosterTaken("invalid", said, run_id, notice, later)
     if result.held is not None:
         said = f"{fetched.name} is held: {result.held}"
@@ -211,8 +226,9 @@ def approve_roster(
     settings = load_settings()
     drop = open_drop(settings)
     plan = plan_roster(drop.list(held.district, folder=ROSTER))
-    fetched = None if not plan.take else _fetch(drop, held.district, plan.take,
-                                                  settings.max_file_bytes)  # fmt: skip
+    fetched = (
+        None if not plan.take else _fetch(drop, held.district, plan.take, settings.max_file_bytes)
+    )
     if fetched is None or fetched.sha256 != held.file_sha256:
         return Refused(
             f"the roster folder no longer holds the roster held by run {held.run_id}; "
@@ -225,16 +241,30 @@ def approve_roster(
 
         def on_loaded(cur: psycopg.Cursor, district_id: int, result: RosterResult) -> None:
             manager = access.record_manager_act(
-                conn, held.district, approved_by, "approve_held_sync",
-                {"run_id": held.run_id}, via=requested_by,
-            )  # fmt: skip
+                conn,
+                held.district,
+                approved_by,
+                "approve_held_sync",
+                {"run_id": held.run_id},
+                via=requested_by,
+            )
             said = f"{fetched.name} loaded: {counts_line(result)}"
-            recorded.append(_insert(cur, district_id, fetched, manager, "succeeded", said,
-                                    approves_run_id=held.run_id))  # fmt: skip
+            recorded.append(
+                _insert(
+                    cur,
+                    district_id,
+                    fetched,
+                    manager,
+                    "succeeded",
+                    said,
+                    approves_run_id=held.run_id,
+                )
+            )
             store.resolve_hold(cur, held.run_id, manager)
 
-        result = load_roster(conn, found.code, snapshot, settings.lock_wait_seconds,
-                             on_loaded=on_loaded)  # fmt: skip
+        result = load_roster(
+            conn, found.code, snapshot, settings.lock_wait_seconds, on_loaded=on_loaded
+        )
     said = f"{fetched.name} loaded: {counts_line(result)}"
     later = fetched.sources + plan.superseded
     return RosterTaken("loaded", said, recorded[0], loaded_notice(fetched.name, result), later)
