@@ -292,6 +292,7 @@ async def _serve_once(
     waiter.cancel()
     if running.done():
         ended = running.result()
+        await _exited(runner, FINISH_SECONDS)
         stopped = await _stop_runner(runner, serving, "done")
         return Stopped("done", stopped.stopped, stopped.killed, flow_run=ended)
     await _cancel(running)
@@ -299,6 +300,19 @@ async def _serve_once(
         serving.result()
         return Stopped("the runner ended by itself")
     return await _stop_runner(runner, serving, stop.signal or "stopped")
+
+
+# A run whose state is final still writes its last logs and exits on its own: stopping the
+# runner at once would SIGTERM it there ("Flow run was cancelled" after Completed).
+FINISH_SECONDS = 10.0
+
+
+async def _exited(runner: Runner, seconds: float) -> None:
+    """Wait until the runner's flow run processes have exited, for at most `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while _flow_run_processes(runner) and loop.time() < deadline:
+        await asyncio.sleep(0.1)
 
 
 async def _run_to_the_end(deployment: str) -> FlowRun:
