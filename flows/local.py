@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,9 +198,24 @@ def prefect_api(ui: bool = False, port: int | None = None) -> Iterator[PrefectSe
     try:
         with pointed_at(server.api_url):
             install_automations()
-            yield server
+            try:
+                yield server
+            finally:
+                _send_what_is_left()
     finally:
         server.stop()
+
+
+def _send_what_is_left(seconds: float = 5.0) -> None:
+    """Send the logs and events this process still holds for the server before it stops:
+    Prefect ships them in the background, and a flow run's last lines would otherwise be
+    lost ("Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with suppress(Exception):  # what is not sent in time is lost, as before
+            worker.drain_all(timeout=seconds)
 
 
 def install_automations(path: Path = AUTOMATIONS_FILE) -> list[str]:

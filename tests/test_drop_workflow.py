@@ -95,7 +95,7 @@ def test_a_workbook_in_the_drop_is_told_once_then_deleted_by_retention(product: 
     assert district_run("d1").is_completed()  # the next night: not told again
 
     roster_told, told = p.mail_to("d1")  # one notice per folder, each file named once
-    assert told["Subject"] == "d1: 1 files in the drop are not CSV files"
+    assert told["Subject"] == "d1: 1 file in the drop is not a CSV file"
     text = body(told)
     assert "this folder takes demographics files saved as CSV" in text
     assert 'save it as "CSV UTF-8 (Comma delimited) (*.csv)", then upload the .csv' in text

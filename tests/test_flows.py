@@ -327,7 +327,7 @@ def test_hostile_names_are_refused_and_never_touched(product: Product) -> None:
     assert p.remote("d1") == ["-rf.csv", "back\\slash.csv", "link.csv", "target.txt"]
     assert runs(p.url) == []
     refused, other = p.mail_to("d1")
-    assert other["Subject"] == "d1: 1 files in the drop are not CSV files"  # target.txt
+    assert other["Subject"] == "d1: 1 file in the drop is not a CSV file"  # target.txt
     notice = refused
     assert "3 entries in the drop were not taken" in notice["Subject"]
     body = str(notice.get_body(("plain",)).get_content())  # type: ignore[union-attr]

@@ -320,7 +320,7 @@ def loaded_notice(name: str, result: RosterResult) -> Notice:
     return Notice(
         f"roster loaded ({name})",
         [
-            f"The roster {name} was loaded; its files are deleted from the drop.",
+            f"The roster export {name} was loaded; its files are deleted from the drop.",
             *(
                 f"{kind}: {c.added} added, {c.updated} updated, {c.deactivated} deactivated, "
                 f"{c.active} active"
@@ -339,9 +339,9 @@ def invalid_notice(name: str, issues: list[RosterIssue]) -> Notice:
     return Notice(
         f"roster not loaded: {_errors(len(errors))} ({name})",
         [
-            f"Nothing of the roster {name} was loaded: a roster with errors would deactivate "
-            "people who are still there. The roster in use is unchanged, and its files are "
-            "deleted from the drop.",
+            f"Nothing of the roster export {name} was loaded: a roster with errors would "
+            "deactivate people who are still there. The roster in use is unchanged, and its "
+            "files are deleted from the drop.",
             "Fix these in the export (file, row, column, code), then upload the whole roster "
             "again:",
             *(roster_issue_line(i) for i in shown),
@@ -354,8 +354,8 @@ def held_notice(name: str, run_id: int, result: RosterResult) -> Notice:
     return Notice(
         f"roster held for a data manager ({name}, run {run_id})",
         [
-            f"The roster {name} was not loaded: {result.held}. Nothing was changed, and its "
-            "files stay in the drop until a data manager decides.",
+            f"The roster export {name} was not loaded: {result.held}. Nothing was changed, and "
+            "its files stay in the drop until a data manager decides.",
             *(
                 f"{loss.school}: {loss.leaving} of {loss.active} active students would be "
                 "deactivated"

@@ -176,8 +176,10 @@ def not_csv_notice(names: list[str], folder: str, retention_days: float) -> Noti
         if folder == "roster"
         else "demographics files saved as CSV"
     )
+    one = len(names) == 1
     return Notice(
-        f"{len(names)} files in the drop are not CSV files",
+        f"{len(names)} {'file' if one else 'files'} in the drop "
+        f"{'is not a CSV file' if one else 'are not CSV files'}",
         [
             f"These files are not read: this folder takes {takes}. Open each in Excel (or your "
             'spreadsheet) and save it as "CSV UTF-8 (Comma delimited) (*.csv)", then upload '
