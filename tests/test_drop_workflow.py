@@ -15,7 +15,7 @@ from conftest import as_oneroster_12, write_roster
 from flowhelp import APPROVER, Product, csv_bytes, district_run, runs
 from storehelp import STUDENTS, line, values
 
-from flows.pipeline import approve_held_sync, discard_held_sync
+from flows.pipeline import approve_held_sync
 from tasks.store import add_district
 
 NEW = ("s5", "0000000005", "eve@students.example.org")
@@ -266,15 +266,18 @@ def test_a_roster_that_would_deactivate_too_many_is_held_then_approved(
     assert "roster loaded" in p.mail_to("d1")[-1]["Subject"]
 
 
-def test_a_held_roster_discarded_changes_nothing_and_is_deleted(
-    product: Product, tmp_path: Path
-) -> None:
+def test_a_held_roster_discarded_on_the_command_line_changes_nothing_and_is_deleted(
+    product: Product, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
     p = product
     held = held_roster(p, tmp_path)
+    refused = cli("discard", held, "--as", "stranger@example.org")
+    assert refused.exit_code == 2 and roster_folder(p) == sorted(ROSTER_FILES)
 
-    result = discard_held_sync(held, discarded_by=APPROVER)
+    discarded = cli("discard", held, "--as", APPROVER)
 
-    assert result["file"] == "deleted" and roster_folder(p) == []
+    assert discarded.exit_code == 0 and "discard-held-sync: Completed" in discarded.output
+    assert roster_folder(p) == []
     assert active_students(p.url) == {"s1", "s2", "s3", "s4"}
     assert {r["run_id"]: r for r in runs(p.url)}[held]["resolution"] == "discarded"
 

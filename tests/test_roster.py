@@ -246,6 +246,11 @@ def test_oneroster_12_errors_say_file_row_column_and_code(tmp_path: Path) -> Non
         "unsupported_version",
         "oneroster.version must be 1.1 or 1.2",
     )
+    (folder / "manifest.csv").write_text(
+        "propertyName,value\noneroster.version,1.2\nfile.users,delta\nfile.orgs,bulk\n"
+    )
+    (issue,) = read_roster(folder).issues
+    assert issue.message == "users is a delta export; export the roster in bulk (a full snapshot)"
     (folder / "manifest.csv").write_text("propertyName,value\noneroster.version,1.2\n")
     (folder / "roles.csv").unlink()
     assert [(i.file, i.code) for i in read_roster(folder).issues] == [("roles.csv", "missing_file")]

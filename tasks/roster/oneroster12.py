@@ -35,6 +35,18 @@ def roster_version(files: Mapping[str, bytes], issues: list[RosterIssue]) -> str
         issues.append(_manifest_issue("manifest.csv cannot be read as UTF-8 CSV"))
         return None
     properties = {r[0].strip().casefold(): r[1].strip() for r in rows if len(r) >= 2}
+    delta = sorted(
+        k.removeprefix("file.")
+        for k, v in properties.items()
+        if k.startswith("file.") and v.casefold() == "delta"
+    )
+    if delta:  # only the changes: read as a full snapshot, it would deactivate everyone else
+        issues.append(
+            _manifest_issue(
+                f"{', '.join(delta)} is a delta export; export the roster in bulk (a full snapshot)"
+            )
+        )
+        return None
     version = properties.get("oneroster.version", "1.1")
     if version == "1.0":
         return "1.1"
