@@ -247,10 +247,28 @@ def _roster_first(district: str, by: str) -> None:
     if taken is None:
         return
     get_run_logger().info("%s", taken.message)
-    if taken.notice is not None:
-        get_run_logger().info("roster: %s", notify(district, taken.notice, taken.run_id))
-    if taken.delete:
-        get_run_logger().info("roster files: %s", settle_roster(district, taken.delete))
+    _tell_then_settle(district, taken)
+
+
+def _tell_then_settle(district: str, taken: roster.RosterTaken) -> str:
+    """Email what became of the roster, then delete its files; kept when the email could not
+    go out (they are the only copy of what its errors were about), or when the drop refuses
+    the delete: the next run recognises them. Returns what became of the files."""
+    log = get_run_logger()
+    emailed = notify(district, taken.notice, taken.run_id) if taken.notice else "no email"
+    log.info("roster: %s", emailed)
+    if not taken.delete:
+        return "kept"
+    if emailed.startswith(EMAIL_FAILED):
+        log.warning("roster files kept: the email could not go out")
+        return "kept"
+    state = settle_roster(district, taken.delete, return_state=True)
+    if not state.is_completed():
+        log.warning("roster files could not be deleted: %s", state.message)
+        return "kept"
+    settled = state.result(_sync=True)  # _sync: also when called from an async flow
+    log.info("roster files: %s", settled)
+    return settled
 
 
 def _previews(district: str, by: str) -> None:
@@ -276,7 +294,7 @@ def _before_the_files(
         deleted = expire_files(district, plan.expired, by, folder)
         notify(district, process.expiry_notice(deleted, load_settings().retention_days))
     for big in plan.too_large if folder != roster.ROSTER else []:
-        run_id, notice = reject_unread(district, big, by)
+        run_id, notice = reject_unread(district, big, by, folder or "sync")
         notify(district, notice, run_id)
         settle(district, big, "rejected", run_id, folder)
     if plan.refused:
@@ -435,11 +453,8 @@ def _approve_roster(held: Any, approved_by: str) -> dict[str, Any] | State:
     taken = approve_roster(held, approved_by, requester())
     if isinstance(taken, Refused):
         return refuse(taken)
-    emailed = notify(held.district, taken.notice, taken.run_id) if taken.notice else "no email"
-    files = settle_roster(held.district, taken.delete)
-    get_run_logger().info(
-        "held run %s: %s; %s; files %s", held.run_id, taken.message, emailed, files
-    )
+    get_run_logger().info("held run %s: %s", held.run_id, taken.message)
+    files = _tell_then_settle(held.district, taken)
     return {"status": "succeeded", "run_id": taken.run_id, "file": files}
 
 

@@ -332,6 +332,18 @@ class HeldRun:
     kind: str = "sync"  # or "roster": a roster the guard held
 
 
+def held_roster(conn: psycopg.Connection, district_id: int) -> tuple[int, str] | None:
+    """The district's roster waiting for a decision, as (run id, its name), if any."""
+    row = conn.execute(
+        """SELECT run_id, file_name FROM core.sync_runs
+           WHERE district_id = %s AND kind = 'roster' AND status = 'held'
+             AND resolution IS NULL
+           ORDER BY run_id DESC LIMIT 1""",
+        (district_id,),
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
 def held_run(conn: psycopg.Connection, run_id: int) -> HeldRun:
     """The held sync `run_id`, still waiting for approval or discarding."""
     row = conn.execute(
@@ -364,26 +376,31 @@ def unresolved_hold(conn: psycopg.Connection, district_id: int, sha: str) -> int
 
 
 def loaded_roster(conn: psycopg.Connection, district_id: int, sha: str) -> int | None:
-    """The run that loaded this very roster (same SHA-256), if it is the district's latest
-    loaded roster: the same export again changes nothing."""
+    """The run that loaded this very roster (same SHA-256), if it is what the district holds:
+    its latest roster run that loaded one, with no load since (`roster load` records none,
+    but stamps the district). The same export again then changes nothing."""
     row = conn.execute(
-        """SELECT run_id, file_sha256 FROM core.sync_runs
-           WHERE district_id = %s AND kind = 'roster' AND status = 'succeeded'
-             AND same_as_run_id IS NULL
-           ORDER BY run_id DESC LIMIT 1""",
+        """SELECT r.run_id, r.file_sha256, r.finished_at >= d.roster_loaded_at
+           FROM core.sync_runs r JOIN core.districts d USING (district_id)
+           WHERE r.district_id = %s AND r.kind = 'roster' AND r.status = 'succeeded'
+             AND r.same_as_run_id IS NULL
+           ORDER BY r.run_id DESC LIMIT 1""",
         (district_id,),
     ).fetchone()
-    return int(row[0]) if row is not None and row[1] == sha else None
+    return int(row[0]) if row is not None and row[1] == sha and row[2] else None
 
 
 def resolve_hold(cur: psycopg.Cursor, run_id: int, by: str) -> None:
-    """Mark a held run approved, in the transaction of the run that applied it."""
+    """Mark a held run approved, in the transaction of the run that applied it; NotHeld (the
+    transaction then rolls back) when it was decided meanwhile."""
     cur.execute(
         """UPDATE core.sync_runs SET resolution = 'approved', resolved_by = %s,
                   resolved_at = now()
-           WHERE run_id = %s""",
+           WHERE run_id = %s AND resolution IS NULL""",
         (by, run_id),
     )
+    if cur.rowcount != 1:
+        raise NotHeld(f"held run {run_id} was decided meanwhile; nothing was applied")
 
 
 def discard_holds(

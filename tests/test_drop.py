@@ -904,10 +904,17 @@ def test_roster_and_preview_are_folders_of_their_own_with_their_own_names(env: E
         drop.list(D, folder="../other")
 
 
-def test_a_missing_subfolder_lists_empty_and_one_that_is_a_link_is_not_read(env: Env) -> None:
+def test_a_subfolder_that_is_missing_a_link_or_a_file_reads_as_empty(env: Env) -> None:
     drop = env.drop()
     env.place("x.csv")
     assert drop.list(D, folder="roster").ready == []
-    (env.base / D / "preview").symlink_to(env.base / D)
-    with pytest.raises(DropMisconfigured, match=r"preview.*link or not a folder"):
-        drop.list(D, folder="preview")
+    (env.base / D / "preview").symlink_to(env.base / D)  # the district's own upload
+    env.place("roster", data=b"a file where the folder should be")
+    for folder in ("preview", "roster"):
+        assert drop.list(D, folder=folder).ready == []
+    with pytest.raises(FileGone):  # never read through the link
+        drop.fetch(D, "x.csv", folder="preview")
+    assert drop.delete(D, "x.csv", folder="preview") is False
+    assert (env.base / D / "x.csv").exists()
+    # In the district folder, the file named roster is one of another kind: told, then expired.
+    assert [f.name for f in drop.list(D).other] == ["roster"]

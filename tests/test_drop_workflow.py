@@ -6,6 +6,8 @@ by the guard; a file in `<district>/preview/` is previewed, emailed and deleted.
 from __future__ import annotations
 
 import io
+import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,7 +18,10 @@ from flowhelp import APPROVER, Product, csv_bytes, district_run, runs
 from storehelp import STUDENTS, line, values
 
 from flows.pipeline import approve_held_sync
-from tasks.store import add_district
+from tasks.process import Refused
+from tasks.process.roster import approve_roster
+from tasks.process.steps import discard_held
+from tasks.store import add_district, held_run
 
 NEW = ("s5", "0000000005", "eve@students.example.org")
 ROSTER_FILES = ("orgs.csv", "users.csv", "classes.csv", "enrollments.csv")
@@ -367,3 +372,69 @@ def test_a_new_export_replaces_a_held_roster(product: Product, tmp_path: Path) -
     assert "s5" in active_students(p.url) and roster_folder(p) == []
     refused = approve_held_sync(held, approved_by=APPROVER, return_state=True)
     assert refused.is_failed() and "already discarded" in (refused.message or "")
+
+
+def test_a_held_roster_that_kept_an_old_time_is_still_approved(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    put_roster(p, roster_files(tmp_path / "r", STUDENTS[:2]))
+    ten_days_ago = time.time() - 10 * 86400  # as WinSCP, `sftp -p` or `rsync -t` keep it
+    for name in ROSTER_FILES:
+        os.utime(p.sftp.drop_dir / "d1" / "roster" / name, (ten_days_ago, ten_days_ago))
+    assert district_run("d1").is_completed()
+    (held,) = roster_runs(p.url)
+    assert held["status"] == "held"
+
+    result = approve_held_sync(held["run_id"], approved_by=APPROVER)
+
+    assert result["file"] == "deleted" and active_students(p.url) == {"s1", "s2"}
+
+
+def test_an_approval_that_lost_its_hold_meanwhile_loads_nothing(
+    product: Product, tmp_path: Path
+) -> None:
+    p = product
+    held_id = held_roster(p, tmp_path)
+    with psycopg.connect(p.url) as conn:
+        held = held_run(conn, held_id)  # as the approval flow read it, before ...
+    discard_held(held_id, APPROVER, "test")  # ... another data manager discarded it
+
+    refused = approve_roster(held, APPROVER, "test")
+
+    assert isinstance(refused, Refused) and "decided meanwhile" in refused.reason
+    assert active_students(p.url) == {"s1", "s2", "s3", "s4"}
+
+
+def test_the_same_export_after_a_command_line_load_is_loaded_again(
+    product: Product, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    p = product
+    files = roster_files(tmp_path / "a", [*STUDENTS, NEW])
+    put_roster(p, files)
+    assert district_run("d1").is_completed()
+    other = write_roster(tmp_path / "b", STUDENTS, district="d1")  # s5 gone again
+    assert cli("roster", "load", other, "--district", "d1").exit_code == 0
+    assert "s5" not in active_students(p.url)
+
+    put_roster(p, files)
+    assert district_run("d1").is_completed()
+
+    assert [r["same_as_run_id"] for r in roster_runs(p.url)] == [None, None]
+    assert "s5" in active_students(p.url)
+
+
+def test_a_roster_whose_email_could_not_go_out_is_kept(
+    product: Product, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = product
+    monkeypatch.setenv("DEMOGRAPHICS_SMTP_URL", "smtp://127.0.0.1:9")  # nothing listens there
+    files = roster_files(tmp_path / "r", [*STUDENTS, NEW])
+    files["enrollments.csv"] += b"e9,,,no-such-class,d1-sch,s1,student,false,,\n"
+    put_roster(p, files)
+
+    assert district_run("d1").is_completed()
+
+    (rejected,) = roster_runs(p.url)
+    assert rejected["status"] == "rejected" and rejected["email_status"] == "failed"
+    assert roster_folder(p) == sorted(ROSTER_FILES)  # the errors' only copy: kept

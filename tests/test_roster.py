@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import psycopg
@@ -12,6 +14,7 @@ from conftest import as_oneroster_12, write_roster
 from storehelp import STUDENTS, load
 
 from tasks.roster import RosterRefused, load_roster, read_roster
+from tasks.roster.drop import unpack
 
 SAMPLE = Path(__file__).resolve().parent.parent / "schemas" / "samples" / "roster"
 
@@ -254,3 +257,47 @@ def test_oneroster_12_errors_say_file_row_column_and_code(tmp_path: Path) -> Non
     (folder / "manifest.csv").write_text("propertyName,value\noneroster.version,1.2\n")
     (folder / "roles.csv").unlink()
     assert [(i.file, i.code) for i in read_roster(folder).issues] == [("roles.csv", "missing_file")]
+
+
+def test_a_oneroster_12_user_whose_roles_are_all_to_be_deleted_becomes_inactive(
+    db: str, tmp_path: Path
+) -> None:
+    load(db, "d", write_roster(tmp_path / "a", STUDENTS))
+    folder = as_oneroster_12(write_roster(tmp_path / "b", STUDENTS))
+    roles = (
+        (folder / "roles.csv")
+        .read_text()
+        .replace("role-s4-org-d-sch,,", "role-s4-org-d-sch,tobedeleted,")
+    )
+    (folder / "roles.csv").write_text(roles)
+
+    result = load(db, "d", folder)
+
+    assert result.issues == [] and result.counts["students"].active == 3
+    assert _active(db, "students") == {"s1", "s2", "s3"}
+
+
+def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", compression=method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return packed.getvalue()
+
+
+def test_a_zipped_roster_is_unpacked_within_the_limit_counted_as_it_unpacks() -> None:
+    files, issues = unpack(
+        "x.zip", _zip({"export/users.csv": b"u", "__MACOSX/._users.csv": b""}), 10
+    )
+    assert (files, issues) == ({"users.csv": b"u"}, [])
+    bomb = _zip({"users.csv": b"0" * 2_000_000})  # a few KB that unpack to 2 MB
+    assert len(bomb) < 10_000
+    (issue,) = unpack("bomb.zip", bomb, 1_000_000)[1]
+    assert (issue.code, issue.message) == (
+        "too_large",
+        "bomb.zip unpacks to more than 0.954 MB, over the limit (max_file_mb)",
+    )
+    (issue,) = unpack("b.zip", _zip({"users.csv": b"u"}, zipfile.ZIP_BZIP2), 10)[1]
+    assert issue.code == "not_a_zip" and "Deflate" in issue.message
+    (issue,) = unpack("n.zip", b"not a zip", 10)[1]
+    assert issue.code == "not_a_zip"

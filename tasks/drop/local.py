@@ -28,6 +28,7 @@ from tasks.drop.model import (
     delete_file,
     gone,
     listed,
+    not_a_folder,
     os_reason,
 )
 from tasks.drop.staging import Staged, fetch_staged, open_private
@@ -56,6 +57,11 @@ class LocalDrop:
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                # The district's own upload (a file or link named roster): its folder is
+                # empty, and the entry is told about and expires with the district's files.
+                not_a_folder(self.description, district, sub)
+                return None
             raise _bad_folder(self.base / district / sub, exc) from None
         finally:
             os.close(fd)

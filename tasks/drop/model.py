@@ -153,6 +153,16 @@ def check_folder(folder: str) -> str:
     return folder
 
 
+def not_a_folder(description: str, district: str, folder: str) -> None:
+    """Log that a district's subfolder is a file or a link: it is read as empty."""
+    logger.warning(
+        "%s: district %s: %s is not a folder (a file or a link); read as empty",
+        description,
+        district,
+        folder,
+    )
+
+
 def where(district: str, folder: str) -> str:
     """How log lines and messages name a district folder: `d1` or `d1/roster`."""
     return f"{district}/{folder}" if folder else district

@@ -41,6 +41,7 @@ from tasks.drop.model import (
     listed,
     logger,
     name_problem,
+    not_a_folder,
     where,
 )
 from tasks.drop.staging import Staged, fetch_staged
@@ -292,7 +293,9 @@ class SftpDrop:
         attrs = await self._lstat(sftp, self._path(district, sub=sub))
         if attrs is None:
             return False
-        self._check_folder(attrs, where(district, sub))
+        if attrs.permissions is None or not stat.S_ISDIR(attrs.permissions):
+            not_a_folder(self.description, district, sub)  # the district's upload: as empty
+            return False
         return True
 
     def _check_folder(self, attrs: asyncssh.SFTPAttrs, shown: str) -> None:
@@ -335,6 +338,9 @@ class SftpDrop:
         limit = self.settings.max_file_bytes
 
         async def op(sftp: asyncssh.SFTPClient, staged: Path) -> datetime:
+            # lstat follows links in the folders of a path: a subfolder is checked first
+            if folder and not await self._folder_exists(sftp, district, folder):
+                raise gone(name)
             attrs = await self._lstat(sftp, path)
             if attrs is None:
                 raise gone(name)
@@ -381,6 +387,8 @@ class SftpDrop:
 
         async def op(sftp: asyncssh.SFTPClient, check: Callable[[Entry], None]) -> bool:
             nonlocal removing
+            if folder and not await self._folder_exists(sftp, district, folder):
+                return False  # a subfolder that is a link is never followed
             attrs = await self._lstat(sftp, path)
             if attrs is None:
                 return removing  # gone after our own remove: the retry finds it done

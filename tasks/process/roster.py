@@ -32,7 +32,14 @@ from tasks.process.safety import refusing, safe_step
 from tasks.process.steps import _database
 from tasks.render import roster_issue_line
 from tasks.roster import RosterRefused, load_roster
-from tasks.roster.drop import is_zip, plan_roster, roster_name, roster_sha256, unpack
+from tasks.roster.drop import (
+    RosterPlan,
+    is_zip,
+    plan_roster,
+    roster_name,
+    roster_sha256,
+    unpack,
+)
 from tasks.roster.read import read_roster_files, required_files
 from tasks.settings import load_settings
 
@@ -87,10 +94,6 @@ def take_roster(district: str, requested_by: str, listed: DropPlan) -> RosterTak
         if held is not None:
             said = f"{fetched.name} is held by run {held}, waiting for a data manager; kept"
             return RosterTaken("still held", said, held)
-        # A new export replaces a held one: the old hold has nothing left to approve.
-        store.discard_holds(
-            conn, found.district_id, f"{requested_by} (a newer roster)", kind="roster"
-        )
         same = store.loaded_roster(conn, found.district_id, fetched.sha256)
         if same is not None:
             said = f"{fetched.name}: the same roster as run {same}; nothing changed"
@@ -193,6 +196,21 @@ def _insert(
     message: str,
     **extra: Any,
 ) -> int:
+    """Record a roster taken from the drop. It replaces a roster still held (a new export
+    leaves the old hold nothing to approve), in the same transaction."""
+    store.discard_holds(cur.connection, district_id, f"{by} (a newer roster)", kind="roster")
+    return _record(cur, district_id, fetched, by, status, message, **extra)
+
+
+def _record(
+    cur: psycopg.Cursor,
+    district_id: int,
+    fetched: _Fetched,
+    by: str,
+    status: str,
+    message: str,
+    **extra: Any,
+) -> int:
     return store.insert_run(
         cur,
         district_id=district_id,
@@ -225,7 +243,7 @@ def approve_roster(
     roster (same SHA-256). The approval (act, resolution) commits with the load."""
     settings = load_settings()
     drop = open_drop(settings)
-    plan = plan_roster(drop.list(held.district, folder=ROSTER))
+    plan = _held_plan(drop, held.district)
     fetched = (
         None if not plan.take else _fetch(drop, held.district, plan.take, settings.max_file_bytes)
     )
@@ -250,7 +268,7 @@ def approve_roster(
             )
             said = f"{fetched.name} loaded: {counts_line(result)}"
             recorded.append(
-                _insert(
+                _record(
                     cur,
                     district_id,
                     fetched,
@@ -274,13 +292,22 @@ def approve_roster(
 def discard_roster_files(held: store.HeldRun) -> str:
     """Delete the discarded roster's files only if the folder still holds that very roster."""
     drop = open_drop(load_settings())
-    plan = plan_roster(drop.list(held.district, folder=ROSTER))
+    plan = _held_plan(drop, held.district)
     fetched = None if not plan.take else _fetch(drop, held.district, plan.take, 2**62)
     if fetched is None:
         return "already gone"
     if fetched.sha256 != held.file_sha256:
         return "left alone: the roster folder now holds a different export"
     return delete_roster_files(held.district, fetched.sources)
+
+
+def _held_plan(drop: Drop, district: str) -> RosterPlan:
+    """The roster folder judged for a decision on its hold: a file that kept an old time (as
+    upload tools do) counts, as the nightly run's judgement by first sight counted it."""
+    listing = drop.list(district, folder=ROSTER)
+    return plan_roster(
+        DropListing([*listing.ready, *listing.expired], listing.settling, listing.too_large)
+    )
 
 
 def delete_roster_files(district: str, files: list[DropFile]) -> str:
@@ -296,7 +323,10 @@ def delete_roster_files(district: str, files: list[DropFile]) -> str:
     return "deleted" if not kept else f"deleted but for {kept} replaced or gone meanwhile"
 
 
-settle_roster = safe_step(delete_roster_files)
+@safe_step
+def settle_roster(district: str, files: list[DropFile]) -> str:
+    """Delete a roster's files once its outcome is committed and told (see above)."""
+    return delete_roster_files(district, files)
 
 
 # --- what the data managers are told -----------------------------------------------------

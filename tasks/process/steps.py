@@ -43,6 +43,7 @@ from tasks.process.rules import (
     source_of,
 )
 from tasks.process.safety import refusing, safe_step
+from tasks.roster.drop import holds_file
 from tasks.settings import Settings, load_settings
 from tasks.sync import Mode, SyncOutcome, run_file
 from tasks.sync import record_preview as _record_preview
@@ -368,18 +369,31 @@ def expire_files(
                 continue  # a new upload under that name: it is judged afresh next time
             except FileGone:
                 pass
-            if folder == "roster":  # any of its files gone: the held roster is no more
-                store.discard_holds(conn, found.district_id, requested_by, kind="roster")
-            else:
-                store.discard_holds(conn, found.district_id, requested_by, file_name=f.name)
+            _expire_holds(conn, found.district_id, requested_by, folder, f.name)
             deleted.append(f"{folder}/{f.name}" if folder else f.name)
     return deleted
 
 
+def _expire_holds(
+    conn: psycopg.Connection, district_id: int, by: str, folder: str, name: str
+) -> None:
+    """A file deleted by retention ends the hold waiting on it: a demographics file's, or the
+    held roster's when the file was one of its own (a preview is never held)."""
+    if folder == "":
+        store.discard_holds(conn, district_id, by, file_name=name)
+    elif folder == "roster":
+        held = store.held_roster(conn, district_id)
+        if held is not None and holds_file(held[1], name):
+            store.discard_holds(conn, district_id, by, run_id=held[0])
+
+
 @safe_step
-def reject_unread(district: str, file: DropFile, requested_by: str) -> tuple[int, Notice]:
-    """Record a file too large to read as a rejected run; the caller then tells the data
-    managers (the notice) and deletes it, as after any rejection."""
+def reject_unread(
+    district: str, file: DropFile, requested_by: str, kind: str = "sync"
+) -> tuple[int, Notice]:
+    """Record a file too large to read as a rejected run (of `kind` sync, or preview for a
+    file of preview/); the caller then tells the data managers (the notice) and deletes it,
+    as after any rejection."""
     settings = load_settings()
     message = (
         f"{file.name} is {megabytes(file.size)}, over the limit of "
@@ -392,7 +406,7 @@ def reject_unread(district: str, file: DropFile, requested_by: str) -> tuple[int
             run_id = store.insert_run(
                 cur,
                 district_id=found.district_id,
-                kind="sync",
+                kind=kind,
                 status="rejected",
                 file_name=file.name,
                 file_bytes=file.size,

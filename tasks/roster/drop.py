@@ -67,9 +67,15 @@ def roster_name(take: list[DropFile]) -> str:
     return f"roster/ ({len(take)} files)"
 
 
+# A OneRoster export holds a dozen files; more is not a roster.
+MAX_MEMBERS = 100
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
 def unpack(name: str, data: bytes, limit: int) -> tuple[dict[str, bytes], list[RosterIssue]]:
-    """The CSV files inside a .zip, by file name (any folder inside is ignored), at most
-    `limit` bytes unpacked in all; or the issues that stop it from being read."""
+    """The CSV files inside a .zip, by file name (the folders inside are ignored), at most
+    `limit` bytes unpacked in all, counted as they are unpacked (the sizes a .zip claims are
+    not trusted); or the issues that stop it from being read."""
     shown = escape_name(name)
 
     def refused(code: str, message: str) -> tuple[dict[str, bytes], list[RosterIssue]]:
@@ -80,23 +86,42 @@ def unpack(name: str, data: bytes, limit: int) -> tuple[dict[str, bytes], list[R
         members = [m for m in archive.infolist() if _is_roster_member(m)]
     except (zipfile.BadZipFile, ValueError):
         return refused("not_a_zip", f"{shown} is not a readable .zip file; export it again")
+    if len(members) > MAX_MEMBERS:
+        return refused("not_a_roster", f"{shown} holds more than {MAX_MEMBERS} CSV files")
     if any(m.flag_bits & 0x1 for m in members):
         return refused("encrypted_zip", f"{shown} is password-protected; export it without one")
-    if sum(m.file_size for m in members) > limit:
-        return refused(
-            "too_large",
-            f"{shown} unpacks to more than {megabytes(limit)}, over the limit (max_file_mb)",
-        )
+    if any(m.compress_type not in _METHODS for m in members):
+        return refused("not_a_zip", f"{shown} is compressed in a way not read here; use Deflate")
     files: dict[str, bytes] = {}
+    left = limit
     for member in members:
         base = posixpath.basename(member.filename).lower()
         if base in files:
             return refused("duplicate_file", f"{shown} holds {base} twice; export it again")
         try:
-            files[base] = archive.read(member)
-        except (zipfile.BadZipFile, OSError, ValueError):
+            content = _read_member(archive, member, left)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
             return refused("not_a_zip", f"{shown} is damaged ({base}); export it again")
+        if content is None:
+            return refused(
+                "too_large",
+                f"{shown} unpacks to more than {megabytes(limit)}, over the limit (max_file_mb)",
+            )
+        files[base] = content
+        left -= len(content)
     return files, []
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, left: int) -> bytes | None:
+    """The member's bytes, unpacked in chunks; None as soon as they pass `left`."""
+    chunks, size = [], 0
+    with archive.open(member) as stream:
+        while chunk := stream.read(64 * 1024):
+            size += len(chunk)
+            if size > left:
+                return None
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _is_roster_member(member: zipfile.ZipInfo) -> bool:
@@ -108,6 +133,14 @@ def _is_roster_member(member: zipfile.ZipInfo) -> bool:
         and not base.startswith(".")
         and not member.filename.startswith("__MACOSX/")
     )
+
+
+def holds_file(held_name: str, file_name: str) -> bool:
+    """Whether a file of the roster folder is one of the held roster's (named as
+    `roster_name` names it): its .zip, or any CSV of a roster of loose files."""
+    if held_name.endswith(" files)"):
+        return file_name.lower().endswith(".csv")
+    return held_name == f"roster/{file_name}"
 
 
 def roster_sha256(files: Mapping[str, bytes]) -> str:

@@ -130,28 +130,47 @@ def as_oneroster_11(
                 column="sourcedId",
             )
         )
-    kept = users.filter(pl.col("role").is_not_null()).drop("_has_role")
+    gone = pl.col("_any_active").not_()  # every role tobedeleted: the user is too
+    kept = (
+        users.filter(pl.col("role").is_not_null())
+        .with_columns(pl.when(gone).then(pl.lit("tobedeleted")).otherwise("status").alias("status"))
+        .drop("_has_role", "_any_active")
+    )
     others = {k: v for k, v in frames.items() if k not in ("users.csv", "roles.csv")}
     return {**others, "users.csv": kept}
 
 
 def _roles_by_user(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    """Per user: the 1.1 role of their primary role, and the orgs of all their active roles
-    (the rows an error was found in are left out: they are reported already)."""
+    """Per user: the 1.1 role of their primary active role (else their first), and the orgs
+    of their active roles; a user whose roles are all `tobedeleted` keeps their role and orgs
+    and is marked inactive with them. Rows with an error are left out (reported already)."""
     users = frames["users.csv"]["sourcedId"].drop_nulls().implode()
     orgs = frames["orgs.csv"]["sourcedId"].drop_nulls().implode()
     roles = frames["roles.csv"].filter(
-        is_active()
-        & pl.col("userSourcedId").is_in(users)
+        pl.col("userSourcedId").is_in(users)
         & pl.col("orgSourcedId").is_in(orgs)
         & pl.col("role").is_not_null()
     )
     ranked = roles.with_columns(
         _ROLE.replace_strict(ROLES_12, default=None, return_dtype=pl.String).alias("_kept"),
         (pl.col("roleType").str.to_lowercase() != "primary").alias("_secondary"),
-    ).sort("_secondary", ROW)
-    return ranked.group_by("userSourcedId", maintain_order=True).agg(
-        pl.col("_kept").first().alias("role"),
-        pl.col("orgSourcedId").unique(maintain_order=True).str.join(",").alias("orgSourcedIds"),
-        pl.lit(True).alias("_has_role"),
+        (~is_active()).alias("_inactive"),
+    ).sort("_inactive", "_secondary", ROW)
+    org = pl.col("orgSourcedId")
+    return (
+        ranked.group_by("userSourcedId", maintain_order=True)
+        .agg(
+            pl.col("_kept").first().alias("role"),
+            org.filter(~pl.col("_inactive")).unique(maintain_order=True).str.join(",").alias("_on"),
+            org.unique(maintain_order=True).str.join(",").alias("_all"),
+            (~pl.col("_inactive")).any().alias("_any_active"),
+            pl.lit(True).alias("_has_role"),
+        )
+        .select(
+            "userSourcedId",
+            "role",
+            pl.when("_any_active").then("_on").otherwise("_all").alias("orgSourcedIds"),
+            "_any_active",
+            "_has_role",
+        )
     )
