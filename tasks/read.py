@@ -166,16 +166,24 @@ def _empty_message(data: bytes) -> str:
     return "the file has no header row: it holds only blank lines"
 
 
+# The first bytes of a workbook saved by Excel (or LibreOffice): .xlsx/.xlsm/.ods are zips,
+# .xls is an OLE2 compound file.
+WORKBOOKS = ((b"PK\x03\x04", ".xlsx"), (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", ".xls"))
+
+
 def _decode(data: bytes) -> tuple[bytes, str | None, Issue | None]:
     """UTF-8 (BOM or not), else Windows-1252; returns UTF-8 bytes (a BOM may lead)."""
     if not data or data.isspace():
         return data, None, Issue(Code.EMPTY_FILE, _empty_message(data))
+    # A workbook is told as one, whatever its name: it is a zip (.xlsx) or an OLE2 file (.xls)
+    # and holds NUL bytes, so this comes before the checks that would call it binary.
+    for signature, kind in WORKBOOKS:
+        if data.startswith(signature):
+            return data, None, _unreadable(f"it is an Excel workbook ({kind}), not a CSV; ")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data[:4]:
         return data, None, _unreadable("it looks like UTF-16 (Excel's 'Unicode Text'); ")
     if b"\x00" in data:
         return data, None, _unreadable("it holds NUL bytes, so it is not a text file; ")
-    if data.startswith(b"PK\x03\x04"):
-        return data, None, _unreadable("it looks like an Excel workbook (.xlsx), not a CSV; ")
     # A UTF-8 file keeps its BOM: polars skips it, and not slicing it off saves a copy.
     # (The slice below is short-lived; an ASCII check is far cheaper than decoding.)
     bom = data.startswith(codecs.BOM_UTF8)

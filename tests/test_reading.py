@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import HEADER, codes, issues_with, report_of, row, validate_file
 
 from tasks.read import ROW, column_key, read_demographics
@@ -211,3 +212,19 @@ def test_a_file_that_starts_like_a_compressed_stream_is_read_as_its_text() -> No
     assert parsed.header == ["x^", "SSID", "gender"]
     assert parsed.records[column_key(1)].to_list() == ["0012345678", "0023456789"]
     assert parsed.records[ROW].to_list() == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00" + b"\x00" * 64, ".xlsx"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 64, ".xls"),
+    ],
+)
+def test_a_workbook_renamed_csv_is_told_as_a_workbook(data: bytes, kind: str) -> None:
+    report = report_of(data)  # named .csv; a workbook holds NUL bytes
+    assert codes(report) == ["unreadable_encoding"]
+    assert report["issues"][0]["message"] == (
+        f"the file is neither UTF-8 nor Windows-1252 text: it is an Excel workbook ({kind}), "
+        "not a CSV; save it as 'CSV UTF-8 (Comma delimited)' and upload it again"
+    )
