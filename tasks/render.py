@@ -163,6 +163,23 @@ def render_roster(result: RosterResult, max_issues: int = DEFAULT_TEXT_ISSUES) -
     return "\n".join(lines) + "\n"
 
 
+def render_nightly(districts: list[str], runs: list[RunRow]) -> str:
+    """What a nightly run did, a line per district and per file (its runs, oldest first)."""
+    lines = []
+    for code in districts:
+        mine = sorted((r for r in runs if r.district == code), key=lambda r: r.run_id)
+        if not mine:
+            lines.append(f"  {code}: nothing new in its drop")
+            continue
+        lines.append(f"  {code}: {len(mine)} {'file' if len(mine) == 1 else 'files'}")
+        for r in mine:
+            said = f": {r.message}" if r.message else ""
+            lines.append(
+                f"    {printable(r.file_name) or '-'}: {r.kind} {r.status} (run {r.run_id}){said}"
+            )
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def render_runs(runs: list[RunRow]) -> str:
     if not runs:
         return "no runs yet\n"

@@ -213,8 +213,12 @@ class RunRow:
 
 
 def list_runs(
-    conn: psycopg.Connection, district: str | None = None, limit: int = 50
+    conn: psycopg.Connection,
+    district: str | None = None,
+    limit: int = 50,
+    after_run: int | None = None,
 ) -> list[RunRow]:
+    """The latest runs first: of one district, or only those recorded after `after_run`."""
     rows = conn.execute(
         """SELECT r.run_id, d.code, r.kind, r.status, r.file_name, r.file_sha256,
                   r.requested_by, r.started_at, r.finished_at, r.rows, r.matched, r.updated,
@@ -222,11 +226,18 @@ def list_runs(
                   r.undone_by,
                   r.message
            FROM core.sync_runs r JOIN core.districts d USING (district_id)
-           WHERE %(d)s::text IS NULL OR d.code = %(d)s
+           WHERE (%(d)s::text IS NULL OR d.code = %(d)s)
+             AND (%(a)s::bigint IS NULL OR r.run_id > %(a)s)
            ORDER BY r.run_id DESC LIMIT %(n)s""",
-        {"d": district, "n": limit},
+        {"d": district, "n": limit, "a": after_run},
     ).fetchall()
     return [RunRow(*row) for row in rows]
+
+
+def last_run_id(conn: psycopg.Connection) -> int:
+    """The id of the latest run recorded (0 before any): what came after it is new."""
+    row = conn.execute("SELECT coalesce(max(run_id), 0) FROM core.sync_runs").fetchone()
+    return int(row[0]) if row else 0
 
 
 class InvalidSetting(DemographicsError):

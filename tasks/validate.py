@@ -8,7 +8,7 @@ the offending value travels only in the issue's `value` field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import pandera.polars as pa
@@ -24,6 +24,7 @@ from schemas.columns import (
     KNOWN_COLUMNS,
     MAX_TEXT_LENGTH,
     canonical_column,
+    resembled_column,
 )
 from schemas.issues import FILE_STOPPING, Code, Severity
 from schemas.report import (
@@ -168,17 +169,36 @@ def _map_header(header: list[str]) -> tuple[dict[str, int], list[Issue]]:
         elif name:
             known[name] = indexes[0]
         else:
-            issues.append(
-                Issue(
-                    Code.UNKNOWN_COLUMN,
-                    f"column {indexes[0] + 1}'s header is not a column of the demographics "
-                    "file; the column is ignored",
-                    column=header[indexes[0]],
-                )
-            )
+            issues.append(_unknown_column(indexes[0], header[indexes[0]]))
     if not any(c in known or c in duplicated for c in IDENTIFIER_COLUMNS):
         issues.append(Issue(Code.NO_IDENTIFIER_COLUMN, _no_identifier_message(header)))
-    return known, issues
+    return known, _accepted_headers_once(issues)
+
+
+def _accepted_headers_once(issues: list[Issue]) -> list[Issue]:
+    """The accepted headers, listed once: with the unknown column the report shows first
+    (issues of one kind on no row are shown by column)."""
+    unknown = [i for i in issues if i.code is Code.UNKNOWN_COLUMN]
+    if not unknown:
+        return issues
+    first = min(unknown, key=lambda i: i.column or "")
+    listed = replace(first, message=f"{first.message}. The accepted headers are {ACCEPTED}")
+    return [listed if i is first else i for i in issues]
+
+
+ACCEPTED = ", ".join(KNOWN_COLUMNS)
+
+
+def _unknown_column(index: int, raw: str) -> Issue:
+    """An unknown header, told the column it resembles if any."""
+    meant = resembled_column(raw)
+    said = f"column {index + 1}'s header is not a column of the demographics file"
+    if meant:
+        said += (
+            f"; it resembles {meant}: if the column holds {meant}, name its header {meant} "
+            "(headers are matched by name)"
+        )
+    return Issue(Code.UNKNOWN_COLUMN, said + "; the column is ignored", column=raw)
 
 
 def _no_identifier_message(header: list[str]) -> str:

@@ -360,3 +360,29 @@ def test_file_level_error_lets_nothing_through_but_still_reports_rows() -> None:
     assert codes(report) == ["duplicate_column", "invalid_ssid"]
     assert result.rows.height == 0
     assert result.report.exit_code == 1
+
+
+def test_an_unknown_header_is_told_the_column_it_resembles_and_the_accepted_headers_once() -> None:
+    report = report_of(
+        "Student ID,Email Address,English Learner,Special Ed,Grade\n0012345678,a@b.org,Y,N,9\n"
+    )
+    messages = [i["message"] for i in issues_with(report, "unknown_column")]
+    accepted = (
+        ". The accepted headers are SSID, email, gender, ethnicity, race, english_learner, "
+        "migrant, gifted_learner, special_ed, sed, homeless, foster"
+    )
+    told = {
+        n: f"column {n}'s header is not a column of the demographics file; it resembles "
+        f"{meant}: if the column holds {meant}, name its header {meant} (headers are "
+        "matched by name); the column is ignored"
+        for n, meant in ((1, "SSID"), (2, "email"), (3, "english_learner"), (4, "special_ed"))
+    }
+    assert messages == [  # shown by header: the first one shown lists the accepted headers
+        told[2] + accepted,  # Email Address
+        told[3],  # English Learner
+        "column 5's header is not a column of the demographics file; the column is ignored",
+        told[4],  # Special Ed
+        told[1],  # Student ID
+    ]
+    # Not accepted silently: nothing identifies a student, so the file stops.
+    assert "no_identifier_column" in codes(report)

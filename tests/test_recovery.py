@@ -556,6 +556,10 @@ def test_the_nightly_command_without_a_prefect_server_starts_one_on_postgresql_a
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "nightly-sync: Completed"
+    # A line per district and per file, from the runs the night recorded.
+    d1 = done.stdout.splitlines().index("  d1: 1 file")
+    assert done.stdout.splitlines()[d1 + 1].startswith("    a.csv: sync succeeded (run ")
+    assert "  d2: 1 file\n    b.csv: sync succeeded (run " in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     assert values(p.url, "d1")["s1"]["gender"] == "F"
     assert values(p.url, "d2")["s5"]["gender"] == "M"

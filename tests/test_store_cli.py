@@ -306,6 +306,10 @@ def test_drop_put_and_list_on_the_local_drop(
     data = (HEADER + "\n" + line("0000000001", gender="F") + "\n").encode() * 3
     source = tmp_path / "upload.csv"
     source.write_bytes(data)
+    empty = cli("drop", "list", "--district", D)
+    assert empty.stdout.splitlines()[1:] == [
+        "  empty: no file in the district's folder, its roster/ or its preview/"
+    ]
 
     placed = cli("drop", "put", source, "--district", D)
 

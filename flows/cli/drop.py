@@ -52,11 +52,16 @@ def drop_list(district: DistrictOption) -> None:
     _known_district(check_district(district))
     drop = open_drop(settings)
     typer.echo(f"{drop.description}/{district}")
-    for folder in FOLDERS:
+    shown = sum(
         _list_folder(drop.list(district, folder=folder), f"{folder}/" if folder else "")
+        for folder in FOLDERS
+    )
+    if not shown:
+        typer.echo("  empty: no file in the district's folder, its roster/ or its preview/")
 
 
-def _list_folder(listing: Any, prefix: str) -> None:
+def _list_folder(listing: Any, prefix: str) -> int:
+    """Print a folder's entries, one line each; returns how many."""
     from tasks.render import printable
 
     groups = (
@@ -73,6 +78,7 @@ def _list_folder(listing: Any, prefix: str) -> None:
             typer.echo(f"  {label:<36} {stamp} UTC {f.size:>12} bytes  {name}")
     for r in listing.refused:
         typer.echo(f"  {'refused (' + r.reason + ')':<36} {prefix}{r.name}")
+    return sum(len(files) for _label, files in groups) + len(listing.refused)
 
 
 @drop_app.command("put")
@@ -138,10 +144,39 @@ def nightly() -> None:
     load_settings()  # a wrong setting is one line here, before Prefect starts
     from flows.deploy import NIGHTLY, run_now
 
+    before = _runs_so_far()
     ended = run_now(NIGHTLY)
     if ended is None:
         fail("nightly-sync was stopped before it ended; its runs were stopped too")
+    if before is not None:
+        _what_was_done(before)
     _flow_result("nightly-sync", ended.state)
+
+
+def _runs_so_far() -> int | None:
+    """The latest run recorded before the nightly run; None when the database cannot say
+    (the nightly run then fails, saying why, and there is nothing to list)."""
+    from tasks.db import connect, ready_database_url
+    from tasks.errors import DemographicsError
+    from tasks.store import last_run_id
+
+    try:
+        with connect(ready_database_url(), autocommit=True) as conn:
+            return last_run_id(conn)
+    except DemographicsError:
+        return None
+
+
+def _what_was_done(after_run: int) -> None:
+    """A line per district and per file the nightly run took (the runs it recorded)."""
+    from tasks.db import connect, ready_database_url
+    from tasks.render import render_nightly
+    from tasks.store import active_district_codes, list_runs
+
+    with connect(ready_database_url(), autocommit=True) as conn:
+        runs = list_runs(conn, limit=100_000, after_run=after_run)
+        districts = active_district_codes(conn)
+    typer.echo(render_nightly(districts, runs), nl=False)
 
 
 def _decision_refused(run_id: int, email: str) -> None:
