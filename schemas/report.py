@@ -116,6 +116,10 @@ class Report:
     issues: pl.DataFrame = field(repr=False)
     district: str | None = None
     sync: SyncBlock | None = None
+    # Each row's SSID and email as the file had them (`row`, `SSID`, `email`), so the emailed
+    # issues.csv names the student behind a row once the source file is deleted. Student
+    # data: in memory only, never in the JSON report, a log or Prefect.
+    students: pl.DataFrame | None = field(default=None, repr=False)
 
     @property
     def has_errors(self) -> bool:

@@ -509,7 +509,13 @@ def _finish(
 ) -> Validation:
     issue_table = sort_issues(pl.concat([issues_frame(issues), *frames]).select(ISSUE_COLUMNS))
     summary = summarize(issue_table, rows)
-    report = Report(file=parsed.info, summary=summary, issues=issue_table, district=district)
+    report = Report(
+        file=parsed.info,
+        summary=summary,
+        issues=issue_table,
+        district=district,
+        students=None if normalized is None else _students(normalized),
+    )
     if stopped or normalized is None:
         return Validation(report=report, columns=columns)
     return Validation(
@@ -517,6 +523,17 @@ def _finish(
         columns=columns,
         _normalized=normalized,
         _skipped=skipped_rows(issue_table),
+    )
+
+
+def _students(normalized: pl.DataFrame) -> pl.DataFrame:
+    """Each row's SSID and email as the file had them (no copy: the columns are shared)."""
+    return normalized.select(
+        pl.col(ROW).cast(pl.Int64).alias("row"),
+        *(
+            pl.col(c) if c in normalized.columns else pl.lit(None, dtype=pl.String).alias(c)
+            for c in IDENTIFIER_COLUMNS
+        ),
     )
 
 
@@ -556,6 +573,7 @@ def with_issues(report: Report, extra: list[pl.DataFrame]) -> Report:
     """The report with more issues (found by matching or the safeguards), counts redone."""
     table = sort_issues(pl.concat([report.issues, *extra]).select(ISSUE_COLUMNS))
     return Report(
+        students=report.students,
         file=report.file,
         summary=summarize(table, report.summary.rows),
         issues=table,

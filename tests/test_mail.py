@@ -161,7 +161,9 @@ def test_results_email_through_starttls(smtp_server: SmtpServer, tmp_path: Path)
 
     rows = csv_rows(data)
     assert len(rows) == report.issues.height == 3
-    assert list(rows[0]) == ["row", "column", "severity", "code", "message", "value"]
+    assert list(rows[0]) == [
+        "row", "SSID", "email", "column", "severity", "code", "message", "value"
+    ]  # fmt: skip
 
 
 def test_subject_never_shows_values() -> None:
@@ -550,3 +552,21 @@ def test_an_outbox_that_is_a_link_is_refused_not_followed(tmp_path: Path) -> Non
     os.chmod(settings.outbox_dir, 0o755)
     assert send_message(results(mixed_report(), recipients=[]), settings).kind == "written"
     assert stat.S_IMODE(settings.outbox_dir.stat().st_mode) == 0o700
+
+
+def test_issues_csv_names_the_student_behind_each_row_as_the_file_had_them() -> None:
+    lines = [
+        row(ssid="0012345678", email="ana@students.example.org", gender="Female"),
+        row(ssid="", email="ben@students.example.org", flags="maybe,N,N,N,N,N,N"),
+        row(ssid="0012345679", email="", gender="F"),
+    ]
+    report = validate_bytes(f"{HEADER}\n{chr(10).join(lines)}\n".encode(), "f.csv").report
+
+    rows = csv_rows(issues_csv(report))
+
+    assert [(r["row"], r["SSID"], r["email"], r["code"]) for r in rows] == [
+        ("2", "0012345678", "ana@students.example.org", "invalid_gender"),
+        ("3", "", "ben@students.example.org", "invalid_flag"),
+    ]
+    assert "students" not in report.to_dict()  # never in the JSON report
+    assert "0012345678" not in report.to_json()

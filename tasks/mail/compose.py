@@ -22,6 +22,7 @@ from typing import Any
 
 import css_inline
 import jinja2
+import polars as pl
 
 from schemas.report import ISSUE_COLUMNS, Issue, Report
 from tasks.render import outcome_sentence, printable, template_environment
@@ -344,12 +345,25 @@ def _neutral(cell: Any) -> Any:
     return cell
 
 
+# The attachment's columns: the issue's row, then the student behind it (the row's SSID and
+# email as the file had them: the source file is deleted after its run), then the issue.
+CSV_COLUMNS = ("row", "SSID", "email", "column", "severity", "code", "message", "value")
+
+
 def issues_csv(report: Report) -> bytes:
     """Every issue as CSV (UTF-8 with a byte-order mark, so Excel reads accents right), with
     spreadsheet formulas neutralised: the values come from an uploaded file."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(ISSUE_COLUMNS)
-    for row in report.issues.select(ISSUE_COLUMNS).iter_rows():
+    writer.writerow(CSV_COLUMNS)
+    for row in _with_students(report).select(CSV_COLUMNS).iter_rows():
         writer.writerow([_neutral(cell) for cell in row])
     return buffer.getvalue().encode("utf-8-sig")
+
+
+def _with_students(report: Report) -> pl.DataFrame:
+    issues = report.issues.select(ISSUE_COLUMNS)
+    if report.students is None:
+        empty = pl.lit(None, dtype=pl.String)
+        return issues.with_columns(empty.alias("SSID"), empty.alias("email"))
+    return issues.join(report.students, on="row", how="left", maintain_order="left")
