@@ -8,8 +8,9 @@ CRLF, quoted values with commas, ~1 % bad cells (Excel-mangled SSIDs, "Male", "Y
 emails) and some lower-case codes. Each run is a fresh process that imports the project, then
 times reading the file's bytes and validating them; it prints the median time, rows/s, peak
 RSS of the process, and the same for polars alone reading the file as text (the floor), with
-the ratio between the two. --style writes the same rows as other exports do: every value
-quoted, Windows-1252 with accents, or spaces around values.
+the ratio between the two; then the same with the report rendered as `validate --format text`
+and `--format json` write it, and the ratio json / text. --style writes the same rows as other
+exports do: every value quoted, Windows-1252 with accents, or spaces around values.
 """
 
 from __future__ import annotations
@@ -91,6 +92,21 @@ def derive(base: Path, path: Path, style: str) -> None:
         path.write_bytes(text.encode("cp1252"))
 
 
+def _text(report: object) -> str:
+    from tasks.render import DEFAULT_TEXT_ISSUES, render_text
+
+    return render_text(report, DEFAULT_TEXT_ISSUES)  # type: ignore[arg-type]
+
+
+def _json(report: object) -> str:
+    from tasks.render import render_json
+
+    return render_json(report) + "\n"  # type: ignore[arg-type]
+
+
+RENDERERS = {"text": _text, "json": _json}
+
+
 def measure(path: Path, mode: str) -> dict[str, float]:
     """Runs in a child process: time one read (+ validate) after imports."""
     import resource
@@ -108,6 +124,8 @@ def measure(path: Path, mode: str) -> dict[str, float]:
     else:
         result = validate_bytes(read_source(path), path.name)
         rows, issues = result.report.summary.rows, result.report.issues.height
+        if mode in RENDERERS:  # the report as `validate --format text|json` writes it
+            RENDERERS[mode](result.report)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "peak_rss_mb": peak_mb, "rows": rows, "issues": issues}
@@ -153,9 +171,11 @@ def main() -> None:
     size_mb = path.stat().st_size / 1e6
     print(f"file: {path} ({size_mb:.1f} MB, style {args.style if args.file is None else 'given'})")
 
-    results = {
-        mode: [run_child(path, mode) for _ in range(args.runs)] for mode in ("full", "floor")
-    }
+    modes = ("full", "floor", "text", "json")
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    for _ in range(args.runs):  # side by side, so a slow spell of the machine hits all alike
+        for mode in modes:
+            results[mode].append(run_child(path, mode))
     full, floor = results["full"], results["floor"]
     t_full = statistics.median(r["seconds"] for r in full)
     t_floor = statistics.median(r["seconds"] for r in floor)
@@ -170,6 +190,13 @@ def main() -> None:
         f"peak RSS {max(r['peak_rss_mb'] for r in floor):,.0f} MB"
     )
     print(f"ratio read + validate / floor: {t_full / t_floor:.2f}x")
+    t_text = statistics.median(r["seconds"] for r in results["text"])
+    t_json = statistics.median(r["seconds"] for r in results["json"])
+    print(
+        f"read + validate + report: --format text {t_text:.3f} s, --format json {t_json:.3f} s"
+        f" (all {int(full[0]['issues']):,} issues); json / text: {t_json / t_text:.2f}x"
+        " (target: at most 1.2x)"
+    )
 
 
 if __name__ == "__main__":

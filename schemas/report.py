@@ -18,6 +18,8 @@ from schemas.columns import KNOWN_COLUMNS
 from schemas.issues import FILE_STOPPING, Code, Severity
 
 REPORT_VERSION = 1
+# Where the issues go in the JSON text (a string no report holds: reports hold no NUL).
+_ISSUES_SLOT = "\x00issues\x00"
 MAX_VALUE_CHARS = 80
 
 ISSUE_SCHEMA: dict[str, pl.DataType] = {
@@ -160,17 +162,29 @@ class Report:
         )
         return [(r[0], r[1], r[2]) for r in counts.iter_rows()]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, with_issues: bool = True) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "report_version": REPORT_VERSION,
             "district": self.district,
             "file": asdict(self.file),
             "summary": asdict(self.summary),
-            "issues": self.issues.select(ISSUE_COLUMNS).to_dicts(),
+            "issues": self.issues.select(ISSUE_COLUMNS).to_dicts() if with_issues else [],
         }
         if self.sync is not None:
             doc["sync"] = asdict(self.sync)
         return doc
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent)
+        """The report as JSON. Its issues (a hundred thousand for a million-row file with 1 %
+        bad cells) are written by polars, one per line, not as a Python dict each: 0.9 s of
+        the 2.7 s a report took went to that."""
+        if indent is None or self.issues.is_empty():
+            return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent)
+        doc = self.to_dict(with_issues=False)
+        doc["issues"] = _ISSUES_SLOT
+        text = json.dumps(doc, ensure_ascii=False, indent=indent)
+        pad = " " * (2 * indent)
+        lines = self.issues.select(ISSUE_COLUMNS).write_ndjson().rstrip("\n")
+        issues = f"[\n{pad}{lines.replace(chr(10), ',' + chr(10) + pad)}\n{' ' * indent}]"
+        before, _slot, after = text.partition(json.dumps(_ISSUES_SLOT))
+        return before + issues + after

@@ -228,3 +228,19 @@ def test_a_workbook_renamed_csv_is_told_as_a_workbook(data: bytes, kind: str) ->
         f"the file is neither UTF-8 nor Windows-1252 text: it is an Excel workbook ({kind}), "
         "not a CSV; save it as 'CSV UTF-8 (Comma delimited)' and upload it again"
     )
+
+
+def test_the_json_report_is_exactly_the_report_whatever_the_values() -> None:
+    import json
+
+    lines = [
+        row(gender="Männlich", race='W\x01hite "x" \\ y'),
+        row(ssid="123", email="bad", ethnicity="😀"),
+        row(gender="\u2028F"),
+    ]
+    report = validate_file(f"{HEADER}\n" + "\n".join(lines) + "\n").report
+    text = report.to_json()
+    assert report.issues.height >= 4
+    assert json.loads(text) == report.to_dict()
+    assert json.loads(report.to_json(indent=None)) == report.to_dict()
+    assert text.splitlines()[-1] == "}" and '  "issues": [' in text
