@@ -109,6 +109,33 @@ class SyncBlock:
     updated: int
     unchanged: int
     unmatched: int
+    # What changes (or would: preview, held), per field: from which value to which, and for
+    # how many students; empty when nothing does. Values, never who.
+    changes: list[Change] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["changes"] = [c.as_dict() for c in self.changes]
+        return doc
+
+
+@dataclass(frozen=True)
+class Change:
+    """One kind of change: `students` students' `field` goes from `before` (None: no value
+    stored yet) to `after`."""
+
+    field: str
+    before: str | None
+    after: str | None
+    students: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "from": self.before,
+            "to": self.after,
+            "students": self.students,
+        }
 
 
 @dataclass
@@ -171,7 +198,7 @@ class Report:
             "issues": self.issues.select(ISSUE_COLUMNS).to_dicts() if with_issues else [],
         }
         if self.sync is not None:
-            doc["sync"] = asdict(self.sync)
+            doc["sync"] = self.sync.as_dict()
         return doc
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -44,6 +44,9 @@ def test_a_preview_by_the_drop_is_emailed_recorded_and_deleted_and_writes_nothin
     assert mail["Subject"] == "d1: preview — 5 rows, 4 would be updated, 1 with errors"
     text = body(mail)
     assert "this is a preview of what a sync of this file would do" in text
+    assert (
+        "What would change (field: from -> to, students) - gender: (no value yet) -> F: 4" in text
+    )
     assert "deleted from preview/ now that this email is out" in text
     assert f"Run {run['run_id']} (preview)" in text
     assert p.remote("d1") == ["preview"]

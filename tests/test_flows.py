@@ -439,6 +439,12 @@ def test_a_held_sync_waits_then_is_applied_when_approved(product: Product) -> No
     assert "held for approval" in hold_mail["Subject"]
     text = str(hold_mail.get_body(("plain",)).get_content())  # type: ignore[union-attr]
     assert "approve-held-sync" in text and str(held) in text
+    # What would change, counted by value: never who.
+    assert "What would change (field: from -> to, students)\n- gender: F -> M: 4\n" in text.replace(
+        "\r\n", "\n"
+    )
+    html = str(hold_mail.get_body(("html",)).get_content())  # type: ignore[union-attr]
+    assert "What would change" in html and STUDENTS[0][1] not in text + html
 
     assert district_run("d1").is_completed()  # the next night
     assert [r["status"] for r in runs(p.url)] == ["succeeded", "held"]

@@ -17,6 +17,7 @@ from conftest import write_roster
 from sftp_server import SftpServer
 from storehelp import HEADER, STUDENTS, line, load
 
+from schemas.columns import DEMOGRAPHIC_COLUMNS
 from tasks.db import MigrationChanged, migrations, pending, upgrade
 
 D = "d1"
@@ -48,18 +49,35 @@ def test_sync_json_is_the_contract_report_with_a_sync_block(
     doc = json.loads(result.output)
     assert set(doc) == {"report_version", "district", "file", "summary", "issues", "sync"}
     assert doc["district"] == D
-    assert set(doc["sync"]) == {"run_id", "status", "matched", "updated", "unchanged", "unmatched"}
+    assert list(doc["sync"]) == [
+        "run_id", "status", "matched", "updated", "unchanged", "unmatched", "changes"
+    ]  # fmt: skip
     assert doc["sync"]["status"] == "succeeded" and doc["sync"]["run_id"] == "1"
     assert (doc["sync"]["matched"], doc["sync"]["updated"], doc["sync"]["unmatched"]) == (1, 1, 1)
+    # Each value stored for the first time: from null (nothing stored yet).
+    line_values = dict(
+        zip(HEADER.split(","), line("0000000001", gender="F").split(","), strict=True)
+    )
+    assert doc["sync"]["changes"] == [
+        {"field": f, "from": None, "to": line_values[f], "students": 1}
+        for f in DEMOGRAPHIC_COLUMNS
+        if line_values[f]
+    ]
     assert [i["code"] for i in doc["issues"]] == ["no_matching_student"]
     assert doc["issues"][0]["row"] == 3 and doc["issues"][0]["column"] is None
 
-    preview = json.loads(cli("preview", path, "--district", D, "--format", "json").output)
+    changed = _file(tmp_path, [line("0000000001", gender="M")], "changed.csv")
+    preview = json.loads(cli("preview", changed, "--district", D, "--format", "json").output)
     assert preview["sync"]["status"] == "preview" and preview["sync"]["run_id"] is None
+    assert preview["sync"]["changes"] == [
+        {"field": "gender", "from": "F", "to": "M", "students": 1}
+    ]
 
-    again = cli("sync", path, "--district", D)
-    assert again.exit_code == 0
-    assert "already applied by run 1; nothing was changed" in again.output
+    again = json.loads(cli("sync", path, "--district", D, "--format", "json").output)
+    assert again["sync"]["changes"] == []  # a rerun changes nothing, and says so
+    plain = cli("sync", path, "--district", D)
+    assert plain.exit_code == 0
+    assert "already applied by run 1; nothing was changed" in plain.output
 
 
 def test_sync_exit_status_follows_the_contract(district: str, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ import css_inline
 import jinja2
 import polars as pl
 
-from schemas.report import ISSUE_COLUMNS, Issue, Report
+from schemas.report import ISSUE_COLUMNS, Issue, Report, SyncBlock
 from tasks.render import outcome_sentence, printable, template_environment
 
 ATTACHMENT_NAME = "issues.csv"
@@ -159,7 +159,7 @@ def next_steps(district_code: str, report: Report, file_kept: bool = True) -> li
     if block.status == "held":
         return [
             "Nothing was applied yet: the file would change too many values on record. A data "
-            "manager reviews the changes counted here and decides.",
+            "manager reviews what would change (listed below) and decides.",
             f"To apply it: run the Prefect deployment approve-held-sync with {run} and your "
             "email as approved_by, or run `demographics sync FILE --district "
             f"{_header_text(district_code, 100)} --approve --as YOUR_EMAIL` with the same file.",
@@ -221,6 +221,28 @@ def _text_table(rows: list[dict[str, str]]) -> list[str]:
     ]
 
 
+# Kinds of change an email lists (field, from, to); the JSON report holds all of them.
+MAX_CHANGES_SHOWN = 30
+NO_VALUE = "(no value yet)"
+
+
+def _changes(block: SyncBlock) -> dict[str, Any]:
+    """What a preview or a held sync would change, for the email's table: values and counts,
+    never who."""
+    if block.status not in ("preview", "held"):
+        return {"changes": [], "changes_hidden": 0}
+    listed = [
+        {
+            "field": c.field,
+            "before": NO_VALUE if c.before is None else shown(c.before)[:80],
+            "after": NO_VALUE if c.after is None else shown(c.after)[:80],
+            "students": c.students,
+        }
+        for c in block.changes[:MAX_CHANGES_SHOWN]
+    ]
+    return {"changes": listed, "changes_hidden": len(block.changes) - len(listed)}
+
+
 def _results_context(
     district_code: str,
     district_name: str,
@@ -247,6 +269,7 @@ def _results_context(
         "run_id": shown(block.run_id) if block.run_id else None,
         "updated_label": "would be updated" if would else "updated",
         "steps": next_steps(district_code, report, file_kept),
+        **_changes(block),
         "counts": report.counts_by_code(),
         "issues": issues,
         "total": report.issues.height,

@@ -11,9 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import polars as pl
+
+from schemas.columns import DEMOGRAPHIC_COLUMNS
 from schemas.issues import Code
-from schemas.report import Report, SyncBlock, SyncStatus
+from schemas.report import Change, Report, SyncBlock, SyncStatus
 from tasks.match import Matched
+
+FIELD_RANK = {name: rank for rank, name in enumerate(DEMOGRAPHIC_COLUMNS)}
 
 Mode = Literal["preview", "sync"]
 
@@ -58,8 +63,8 @@ class Decision:
 
 
 def sync_block(status: SyncStatus, matched: Matched | None = None, updated: int = 0) -> SyncBlock:
-    """The `sync` block: `updated` students change (or would, for a preview or a hold); the
-    rest of the matched students are unchanged. The run id comes later."""
+    """The `sync` block: `updated` students change (or would, for a preview or a hold), and
+    how (`changes`); the rest of the matched students are unchanged. The run id comes later."""
     return SyncBlock(
         run_id=None,
         status=status,
@@ -67,7 +72,35 @@ def sync_block(status: SyncStatus, matched: Matched | None = None, updated: int 
         updated=updated,
         unchanged=0 if matched is None or status == "rejected" else matched.matched - updated,
         unmatched=0 if matched is None else matched.unmatched,
+        changes=changes_of(matched.history) if matched is not None and updated else [],
     )
+
+
+def changes_of(history: pl.DataFrame) -> list[Change]:
+    """The history rows (one per student and changed field) counted by field, old value and
+    new value: by field in the file's column order, then the most students first."""
+    if history.is_empty():
+        return []
+    counted = (
+        history.group_by("field", "old_value", "new_value")
+        .agg(pl.len().alias("students"))
+        .with_columns(
+            pl.col("field")
+            .replace_strict(FIELD_RANK, default=len(FIELD_RANK), return_dtype=pl.Int32)
+            .alias("_rank")
+        )
+        .sort(
+            ["_rank", "students", "old_value", "new_value"],
+            descending=[False, True, False, False],
+            nulls_last=False,
+        )
+    )
+    return [
+        Change(f, before, after, n)
+        for f, before, after, n in counted.select(
+            "field", "old_value", "new_value", "students"
+        ).iter_rows()
+    ]
 
 
 def decide(
