@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from schemas.columns import KNOWN_COLUMNS
+from schemas.columns import DEFAULT_GENDER_CODES, KNOWN_COLUMNS
 from schemas.issues import FILE_STOPPING, Code, Severity
 
 REPORT_VERSION = 1
@@ -138,6 +138,18 @@ class Change:
         }
 
 
+@dataclass(frozen=True)
+class Advice:
+    """One (code, column) of the issues: how many, the first rows, and what to do about the
+    pattern seen (tasks/advice.py)."""
+
+    code: str
+    column: str | None
+    count: int
+    rows: list[int]
+    fix: str
+
+
 @dataclass
 class Report:
     file: FileInfo
@@ -149,6 +161,8 @@ class Report:
     # issues.csv names the student behind a row once the source file is deleted. Student
     # data: in memory only, never in the JSON report, a log or Prefect.
     students: pl.DataFrame | None = field(default=None, repr=False)
+    advice: list[Advice] = field(default_factory=list)
+    gender_codes: tuple[str, ...] = DEFAULT_GENDER_CODES  # the district's, for the advice
 
     @property
     def has_errors(self) -> bool:
@@ -195,6 +209,7 @@ class Report:
             "district": self.district,
             "file": asdict(self.file),
             "summary": asdict(self.summary),
+            "advice": [asdict(a) for a in self.advice],
             "issues": self.issues.select(ISSUE_COLUMNS).to_dicts() if with_issues else [],
         }
         if self.sync is not None:

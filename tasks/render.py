@@ -14,6 +14,7 @@ import jinja2
 
 from schemas.report import Report
 from schemas.roster import RosterIssue, RosterResult
+from tasks.advice import short_message
 
 if TYPE_CHECKING:
     from tasks.store import RunRow
@@ -111,10 +112,28 @@ def render_html(report: Report, max_issues: int = DEFAULT_HTML_ISSUES) -> str:
         report=report,
         summary=report.summary,
         issues=issues,
+        messages=[short_message(i.code.value, i.value, i.message) for i in issues],
         hidden=report.issues.height - len(issues),
         counts=report.counts_by_code(),
         outcome=outcome_sentence(report),
+        advice=advice_lines(report),
     )
+
+
+MAX_ADVICE = 12  # entries an email or an HTML report leads with; the JSON report has all
+
+
+def advice_lines(report: Report) -> list[dict[str, str]]:
+    """The advice as a report or an email shows it: what, how many, which rows, the fix."""
+    return [
+        {
+            "what": a.code + (f" in {printable(a.column)}" if a.column else ""),
+            "count": f"{a.count} {'issue' if a.count == 1 else 'issues'}",
+            "rows": ", ".join(map(str, a.rows)) + (", ..." if a.count > len(a.rows) else ""),
+            "fix": printable(a.fix),
+        }
+        for a in report.advice[:MAX_ADVICE]
+    ]
 
 
 def sync_line(report: Report, message: str) -> str:

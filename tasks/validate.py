@@ -37,6 +37,7 @@ from schemas.report import (
     issues_frame,
     sort_issues,
 )
+from tasks.advice import advise
 from tasks.read import FIELDS, ROW, ParsedFile, column_key, read_demographics
 
 MAX_ROWS_LISTED = 10
@@ -93,7 +94,7 @@ def validate_parsed(
     gender_codes = tuple(code.upper() for code in gender_codes)
     issues: list[Issue] = list(parsed.issues)
     if parsed.stopped:
-        return _finish(parsed, issues, [], 0, [], district, stopped=True)
+        return _finish(parsed, issues, [], 0, [], district, True, None, gender_codes)
 
     known, header_issues = _map_header(parsed.header)
     issues.extend(header_issues)
@@ -122,7 +123,9 @@ def validate_parsed(
         frames.append(_missing_identifier(complete, identifiers))
         if judge_duplicates:
             frames.append(_duplicates(normalized, identifiers, cell_issues))
-    return _finish(parsed, issues, frames, records.height, columns, district, stopped, normalized)
+    return _finish(
+        parsed, issues, frames, records.height, columns, district, stopped, normalized, gender_codes
+    )
 
 
 def _upper_case_codes(complete: pl.DataFrame, coded: list[str]) -> pl.DataFrame:
@@ -506,6 +509,7 @@ def _finish(
     district: str | None,
     stopped: bool,
     normalized: pl.DataFrame | None = None,
+    gender_codes: tuple[str, ...] = DEFAULT_GENDER_CODES,
 ) -> Validation:
     issue_table = sort_issues(pl.concat([issues_frame(issues), *frames]).select(ISSUE_COLUMNS))
     summary = summarize(issue_table, rows)
@@ -515,6 +519,8 @@ def _finish(
         issues=issue_table,
         district=district,
         students=None if normalized is None else _students(normalized),
+        advice=advise(issue_table, gender_codes),
+        gender_codes=gender_codes,
     )
     if stopped or normalized is None:
         return Validation(report=report, columns=columns)
@@ -574,6 +580,8 @@ def with_issues(report: Report, extra: list[pl.DataFrame]) -> Report:
     table = sort_issues(pl.concat([report.issues, *extra]).select(ISSUE_COLUMNS))
     return Report(
         students=report.students,
+        advice=advise(table, report.gender_codes),
+        gender_codes=report.gender_codes,
         file=report.file,
         summary=summarize(table, report.summary.rows),
         issues=table,

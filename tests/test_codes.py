@@ -44,7 +44,7 @@ def test_code_table_matches_the_contract() -> None:
 
 def assert_well_formed(report: dict) -> None:
     """The JSON report's invariants, for any report."""
-    assert list(report) == ["report_version", "district", "file", "summary", "issues"]
+    assert list(report) == ["report_version", "district", "file", "summary", "advice", "issues"]
     assert report["report_version"] == 1
     assert list(report["file"]) == ["name", "sha256", "bytes", "encoding"]
     summary = report["summary"]
@@ -386,3 +386,36 @@ def test_an_unknown_header_is_told_the_column_it_resembles_and_the_accepted_head
     ]
     # Not accepted silently: nothing identifies a student, so the file stops.
     assert "no_identifier_column" in codes(report)
+
+
+def test_advice_groups_the_issues_by_code_and_column_with_the_fix_for_the_pattern_seen() -> None:
+    rows = [
+        f"{123456780 + n},s{n}@x.org,{'Male' if n % 2 else 'Female'},x,y,"
+        f"{'Yes' if n % 3 else 'No'},N,N,N,N,N,N"
+        for n in range(12)
+    ]
+    rows.append("1.23457E+09,bad,Q,x,y,N,N,N,N,N,N,N")
+    report = report_of("\n".join([HEADER, *rows]) + "\n")
+
+    assert [(a["code"], a["column"], a["count"]) for a in report["advice"]] == [
+        ("invalid_ssid", "SSID", 13),
+        ("invalid_gender", "gender", 13),
+        ("invalid_flag", "english_learner", 12),
+        ("invalid_email", "email", 1),
+    ]
+    ssid, gender, flag, email = report["advice"]
+    assert ssid["rows"] == list(range(2, 12))  # the first ten
+    assert ssid["fix"].startswith(
+        "12 SSIDs lost leading zeros (Excel read the column as numbers): pad them back to 10 "
+        'digits (in Excel: =TEXT(A2,"0000000000")'
+    )
+    assert ". 1 SSID in scientific notation (like 1.23457E+09)" in ssid["fix"]
+    assert gender["fix"] == (
+        "The file uses words for gender (Female, Male) in 12 rows: use the codes M and F instead"
+    )
+    assert flag["fix"] == (
+        "The file uses words for english_learner (No, Yes) in 12 rows: use the codes Y and N "
+        "instead"
+    )
+    assert email["fix"].startswith("1 email not a valid address")
+    assert "Q" not in gender["fix"]  # a value is quoted only when it is a known word

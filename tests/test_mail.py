@@ -205,7 +205,7 @@ def test_long_lists_are_cut_with_the_rest_in_the_attachment() -> None:
     text, html, data = parts(parse(results(report).as_bytes()))
     for body in (text, html):
         assert "and 50 more in the attachment" in body
-    assert text.count("invalid_gender") == 200 + 1  # the table, and the count by code
+    assert text.count("invalid_gender") == 200 + 2  # the table, the count by code, the advice
     assert len(html.encode()) < 100_000  # Gmail clips an HTML body past about 102 KB
     assert data is not None
     assert len(csv_rows(data)) == 250
@@ -570,3 +570,19 @@ def test_issues_csv_names_the_student_behind_each_row_as_the_file_had_them() -> 
     ]
     assert "students" not in report.to_dict()  # never in the JSON report
     assert "0012345678" not in report.to_json()
+
+
+def test_the_email_leads_with_the_advice_and_its_table_rows_carry_the_short_form() -> None:
+    lines = [row(ssid=str(123456780 + n), gender="Male") for n in range(3)]
+    text, html, _ = parts(parse(results(synced(lines)).as_bytes()))
+    flat = " ".join(text.split())
+
+    assert flat.index("What to fix") < flat.index("What to do next") < flat.index("ROW")
+    assert (
+        "- invalid_ssid in SSID (3 issues; rows 2, 3, 4): 3 SSIDs lost leading zeros (Excel "
+        "read the column as numbers)"
+    ) in flat
+    assert "invalid_gender in gender (3 issues; rows 2, 3, 4): The file uses words" in flat
+    # The long explanation is said once; each row of the table says it short.
+    assert flat.count("=TEXT(A2") == 1 and flat.count("SSID lost its leading zeros") == 3
+    assert "What to fix" in html and words(html).count("=TEXT(A2") == 1

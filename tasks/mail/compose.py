@@ -25,7 +25,8 @@ import jinja2
 import polars as pl
 
 from schemas.report import ISSUE_COLUMNS, Issue, Report, SyncBlock
-from tasks.render import outcome_sentence, printable, template_environment
+from tasks.advice import short_message
+from tasks.render import advice_lines, outcome_sentence, printable, template_environment
 
 ATTACHMENT_NAME = "issues.csv"
 DEFAULT_MAX_ISSUES = 200
@@ -204,7 +205,7 @@ def _issue_cells(issue: Issue) -> dict[str, str]:
         "severity": issue.severity.value,
         "code": issue.code.value,
         "column": shown(issue.column),
-        "message": shown(issue.message),
+        "message": shown(short_message(issue.code.value, issue.value, issue.message)),
         "value": shown(issue.value),
     }
 
@@ -269,6 +270,7 @@ def _results_context(
         "run_id": shown(block.run_id) if block.run_id else None,
         "updated_label": "would be updated" if would else "updated",
         "steps": next_steps(district_code, report, file_kept),
+        "advice": advice_lines(report),
         **_changes(block),
         "counts": report.counts_by_code(),
         "issues": issues,
