@@ -213,8 +213,11 @@ def test_a_file_level_error_is_rejected_with_no_counts(mode: str) -> None:
     out = decide(report(), None, **LIMITS, mode=mode, same_as=3)  # type: ignore[arg-type]
     assert (out.verdict, out.reason) == ("reject", "file_error")
     assert out.block.status == ("rejected" if mode == "sync" else "preview")
-    assert out.message == (
+    assert out.message == (  # a preview speaks of what a sync would do
         "the file has a file-level error and was not applied; fix it and upload it again"
+        if mode == "sync"
+        else "a sync would not apply the file: it has a file-level error; fix it and upload it "
+        "again"
     )
     block = out.block
     assert (block.matched, block.updated, block.unchanged, block.unmatched) == (0, 0, 0, 0)
@@ -316,3 +319,15 @@ def test_a_run_is_named_for_its_district_and_file_never_for_a_typed_email() -> N
     typed = "ana.student@students.example.org"  # typed into the run form as the district
     assert typed not in district_run_name(typed) + file_run_name(typed, "a.csv")
     assert file_run_name("d1", "bad\x1bname.csv") == "d1/bad\\x1bname.csv"  # escaped
+
+
+def test_a_preview_speaks_of_what_a_sync_would_do() -> None:
+    rejected = sync(report(rows=9, error_rows=2), matched(matched=7, updated=3), mode="preview")
+    assert rejected.message == "a sync would reject the file: too many rows have errors"
+    held = sync(
+        the_match=matched(updated=2, overwriting=2, on_record=4, values_changed=3), mode="preview"
+    )
+    assert held.message == (
+        "a sync would be held for approval: it would change too many values on record"
+    )
+    assert "nothing was applied" not in rejected.message + held.message

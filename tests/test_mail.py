@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import replace
@@ -162,8 +163,15 @@ def test_results_email_through_starttls(smtp_server: SmtpServer, tmp_path: Path)
     rows = csv_rows(data)
     assert len(rows) == report.issues.height == 3
     assert list(rows[0]) == [
-        "row", "SSID", "email", "column", "severity", "code", "message", "value"
-    ]  # fmt: skip
+        "row",
+        "SSID",
+        "email",
+        "column",
+        "severity",
+        "code",
+        "message",
+        "value",
+    ]
 
 
 def test_subject_never_shows_values() -> None:
@@ -586,3 +594,31 @@ def test_the_email_leads_with_the_advice_and_its_table_rows_carry_the_short_form
     # The long explanation is said once; each row of the table says it short.
     assert flat.count("=TEXT(A2") == 1 and flat.count("SSID lost its leading zeros") == 3
     assert "What to fix" in html and words(html).count("=TEXT(A2") == 1
+
+
+def test_a_rejected_email_gives_one_reason_and_counts_that_say_nothing_was_applied() -> None:
+    report = synced([row(gender="Male"), row(ssid="0012345679")], status="rejected")
+    text, html, _ = parts(parse(results(report).as_bytes()))
+    flat = " ".join(text.split())
+    assert "The file has a file-level error and was not applied" in flat
+    assert "file-level error (listed first below)" not in flat  # said once, not twice
+    assert "Students nothing applied" in flat and "matched" not in flat.split("What to")[0]
+    shown = " ".join(re.sub(r"<[^>]+>", " ", html).split())  # as a mail client shows it
+    assert "Applied nothing" in shown and "Matched" not in shown
+
+
+def test_a_rerun_of_an_applied_file_says_nothing_changed() -> None:
+    report = synced([row(gender="Male"), row(ssid="0012345679")])
+    message = build_results_message(
+        DISTRICT,
+        NAME,
+        report,
+        "this file (same SHA-256) was already applied by run 41; nothing was changed",
+        TO,
+        SENDER,
+        same_as=41,
+    )
+    text, _, _ = parts(parse(message.as_bytes()))
+    flat = " ".join(text.split())
+    assert "Nothing changed: this very file was already applied by run 41" in flat
+    assert "Fix the" not in flat and "rows have errors" not in flat.split("What to fix")[0]

@@ -133,12 +133,20 @@ def results_subject(district_code: str, report: Report) -> str:
     return f"{_header_text(district_code, limit=100)}: {counts}"
 
 
-def next_steps(district_code: str, report: Report, file_kept: bool = True) -> list[str]:
+def next_steps(
+    district_code: str, report: Report, file_kept: bool = True, same_as: int | None = None
+) -> list[str]:
     """What the data manager does now, by status: the part of the email people act on.
-    `file_kept`: False for a preview from the drop's preview/ folder (deleted once sent)."""
+    `file_kept`: False for a preview from the drop's preview/ folder (deleted once sent);
+    `same_as`: the run that already applied this very file (a rerun changes nothing)."""
     assert report.sync is not None
     s, block = report.summary, report.sync
     run = f"run id {block.run_id}" if block.run_id else "the run id (none was recorded)"
+    if same_as is not None and block.status == "succeeded":
+        return [
+            f"Nothing changed: this very file was already applied by run {same_as}, and its "
+            "email then listed what to fix. Upload a new file with the corrected rows only."
+        ]
     if block.status == "succeeded" and s.error_rows:
         return [
             f"The rows without errors were applied. Fix the {s.error_rows} rows with errors "
@@ -191,6 +199,15 @@ def _tone(report: Report) -> str:
     return "neutral" if status == "preview" else "good"
 
 
+def _banner(report: Report, message: str, same_as: int | None) -> str:
+    """The one reason at the top: the outcome, and the rows when they matter. A rejected file
+    or a rerun says only why (the rows would repeat it, or ask again for fixes made)."""
+    assert report.sync is not None
+    if report.sync.status in ("rejected", "failed") or same_as is not None:
+        return _sentence(message)
+    return " ".join(p for p in (_sentence(message), outcome_sentence(report)) if p)
+
+
 def _sentence(text: str) -> str:
     text = text.strip()
     if not text:
@@ -212,7 +229,7 @@ def _issue_cells(issue: Issue) -> dict[str, str]:
 
 def _text_table(rows: list[dict[str, str]]) -> list[str]:
     """Aligned columns; the message last, since it is the long one."""
-    keys = ("row", "severity", "code", "column", "value", "message")
+    keys = ("row", "column", "severity", "code", "value", "message")  # as the HTML tables
     header = {k: k.upper() for k in keys}
     table = [header, *rows]
     widths = {k: min(max(len(r[k]) for r in table), 40) for k in keys[:-1]}
@@ -251,6 +268,7 @@ def _results_context(
     message: str,
     issues: list[dict[str, str]],
     file_kept: bool = True,
+    same_as: int | None = None,
 ) -> dict[str, Any]:
     """What both parts of the results email show; every value from the file passes `shown`."""
     assert report.sync is not None
@@ -260,7 +278,7 @@ def _results_context(
         "district_code": shown(district_code),
         "district_name": shown(district_name),
         "status": block.status,
-        "outcome": " ".join(p for p in (_sentence(message), outcome_sentence(report)) if p),
+        "outcome": _banner(report, message, same_as),
         "tone": _tone(report),
         "file_name": shown(report.file.name)[:120],
         "file_bytes": report.file.bytes,
@@ -269,7 +287,7 @@ def _results_context(
         "sync": block,
         "run_id": shown(block.run_id) if block.run_id else None,
         "updated_label": "would be updated" if would else "updated",
-        "steps": next_steps(district_code, report, file_kept),
+        "steps": next_steps(district_code, report, file_kept, same_as),
         "advice": advice_lines(report),
         **_changes(block),
         "counts": report.counts_by_code(),
@@ -290,6 +308,7 @@ def build_results_message(
     *,
     max_issues: int = DEFAULT_MAX_ISSUES,
     file_kept: bool = True,
+    same_as: int | None = None,
 ) -> EmailMessage:
     """The results email of one sync: text and HTML alternatives, plus every issue as CSV.
 
@@ -300,7 +319,9 @@ def build_results_message(
     if report.sync is None:
         raise ValueError("a results email needs a report with its sync block")
     issues = [_issue_cells(i) for i in report.issue_list(max(max_issues, 0))]
-    context = _results_context(district_code, district_name, report, message, issues, file_kept)
+    context = _results_context(
+        district_code, district_name, report, message, issues, file_kept, same_as
+    )
     subject = results_subject(district_code, report)
     msg = _new_message(district_code, subject, recipients, sender)
     text = _render_text(

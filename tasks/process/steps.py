@@ -266,6 +266,7 @@ def results_message(district: str, outcome: SyncOutcome, folder: str = "") -> Em
         recipients,
         sender,
         file_kept=folder != "preview",
+        same_as=outcome.same_as_run_id,
     )
 
 

@@ -129,7 +129,9 @@ def decide(
             "reject",
             "file_error",
             preview,
-            "the file has a file-level error and was not applied; fix it and upload it again",
+            "a sync would not apply the file: it has a file-level error; fix it and upload it again"
+            if preview
+            else "the file has a file-level error and was not applied; fix it and upload it again",
             sync_block("preview" if preview else "rejected"),
         )
     if same_as is not None:
@@ -161,7 +163,9 @@ def _too_many_errors(
         "reject",
         "too_many_errors",
         preview,
-        "the file was rejected: too many rows have errors; nothing was applied",
+        "a sync would reject the file: too many rows have errors"
+        if preview
+        else "the file was rejected: too many rows have errors; nothing was applied",
         sync_block("preview" if preview else "rejected", matched),
         issue=(
             Code.TOO_MANY_ERRORS,
@@ -208,7 +212,9 @@ def _hold(matched: Matched, share: float, limit: float, preview: bool, approve: 
         "hold",
         "over_hold_limit",
         preview,
-        "the sync is held for approval: it would change too many values on record",
+        "a sync would be held for approval: it would change too many values on record"
+        if preview
+        else "the sync is held for approval: it would change too many values on record",
         sync_block("preview" if preview else "held", matched, matched.updated),
         issue=(
             Code.SYNC_HELD,
