@@ -123,13 +123,21 @@ def render_html(report: Report, max_issues: int = DEFAULT_HTML_ISSUES) -> str:
 MAX_ADVICE = 12  # entries an email or an HTML report leads with; the JSON report has all
 
 
+def _rows_label(rows: list[int], count: int) -> str:
+    """`row 12`, `rows 5, 8`, `rows 2, 3, ...` (more issues than rows listed); or ''."""
+    if not rows:
+        return ""
+    listed = ", ".join(map(str, rows)) + (", ..." if count > len(rows) else "")
+    return f"{'row' if len(rows) == 1 and count == 1 else 'rows'} {listed}"
+
+
 def advice_lines(report: Report) -> list[dict[str, str]]:
     """The advice as a report or an email shows it: what, how many, which rows, the fix."""
     return [
         {
             "what": a.code + (f" in {printable(a.column)}" if a.column else ""),
             "count": f"{a.count} {'issue' if a.count == 1 else 'issues'}",
-            "rows": ", ".join(map(str, a.rows)) + (", ..." if a.count > len(a.rows) else ""),
+            "rows": _rows_label(a.rows, a.count),
             "fix": printable(a.fix),
         }
         for a in report.advice[:MAX_ADVICE]

@@ -622,3 +622,9 @@ def test_a_rerun_of_an_applied_file_says_nothing_changed() -> None:
     flat = " ".join(text.split())
     assert "Nothing changed: this very file was already applied by run 41" in flat
     assert "Fix the" not in flat and "rows have errors" not in flat.split("What to fix")[0]
+
+
+def test_a_long_value_may_break_on_a_phone_only_after_a_dot_or_at() -> None:
+    report = synced([row(email="hana.tanaka@students")])  # no domain dot: invalid
+    _, html, _ = parts(parse(results(report).as_bytes()))
+    assert "hana.<wbr>tanaka@<wbr>students</code>" in re.sub(r"<code[^>]*>", "<code>", html)

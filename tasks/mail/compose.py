@@ -216,15 +216,21 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def _issue_cells(issue: Issue) -> dict[str, str]:
+def _issue_cells(issue: Issue) -> dict[str, Any]:
+    value = shown(issue.value)
     return {
         "row": "" if issue.row is None else str(issue.row),
         "severity": issue.severity.value,
         "code": issue.code.value,
         "column": shown(issue.column),
         "message": shown(short_message(issue.code.value, issue.value, issue.message)),
-        "value": shown(issue.value),
+        "value": value,
+        # Where a long value may break on a phone: after @ . _ - (never inside a word).
+        "value_parts": _BREAKS.split(value),
     }
+
+
+_BREAKS = re.compile(r"(?<=[@._\-/])")
 
 
 def _text_table(rows: list[dict[str, str]]) -> list[str]:
