@@ -45,7 +45,6 @@ _ALSO_CALLED: dict[str, str] = {
             "studentid",
             "stateid",
             "statestudentid",
-            "ssn",
             "studentnumber",
             "sasid",
             "stateidnumber",

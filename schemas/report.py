@@ -111,7 +111,7 @@ class SyncBlock:
     unmatched: int
     # What changes (or would: preview, held), per field: from which value to which, and for
     # how many students; empty when nothing does. Values, never who.
-    changes: list[Change] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -161,7 +161,7 @@ class Report:
     # issues.csv names the student behind a row once the source file is deleted. Student
     # data: in memory only, never in the JSON report, a log or Prefect.
     students: pl.DataFrame | None = field(default=None, repr=False)
-    advice: list[Advice] = field(default_factory=list)
+    advice: list[Advice] = field(default_factory=list, repr=False)
     gender_codes: tuple[str, ...] = DEFAULT_GENDER_CODES  # the district's, for the advice
 
     @property

@@ -51,19 +51,51 @@ SSID_PATTERNS: tuple[tuple[str, str, str], ...] = (
 
 
 def advise(issues: pl.DataFrame, gender_codes: tuple[str, ...]) -> list[Advice]:
-    """One entry per (code, column) of the issues, in the order the report shows them."""
+    """One entry per (code, column) of the issues, errors first, then in the order the report
+    shows them; the unknown columns are one entry, naming them all."""
     if issues.is_empty():
         return []
-    groups = issues.group_by("code", "column", maintain_order=True).agg(
-        pl.len().alias("count"),
-        pl.col("row").drop_nulls().head(MAX_ROWS).alias("rows"),
-        pl.col("value").alias("values"),
-        pl.col("message").first().alias("message"),
+    unknown = pl.col("code") == "unknown_column"
+    groups = (
+        issues.with_columns(pl.when(unknown).then(None).otherwise("column").alias("column"))
+        .group_by("code", "column", maintain_order=True)
+        .agg(
+            pl.len().alias("count"),
+            pl.col("row").drop_nulls().head(MAX_ROWS).alias("rows"),
+            pl.col("value").alias("values"),
+            pl.col("message").first().alias("message"),
+            pl.col("message").n_unique().alias("messages"),
+            (pl.col("severity") == "error").any().alias("error"),
+        )
+        .sort("error", descending=True, maintain_order=True)
     )
     return [
-        Advice(code, column, count, list(rows), _fix(code, column, values, message, gender_codes))
-        for code, column, count, rows, values, message in groups.iter_rows()
+        Advice(
+            code,
+            column,
+            count,
+            list(rows),
+            _fix(code, column, values, message if messages == 1 else "", gender_codes),
+        )
+        for code, column, count, rows, values, message, messages, _error in groups.iter_rows()
     ]
+
+
+# What to do about a code whose messages differ row by row (each row's says which rows, how
+# many fields): said in general, once; the table has each row's own message.
+GENERAL_FIXES = {
+    "unknown_column": "columns whose headers are not columns of the demographics file are "
+    "ignored; the table names each one and the column it resembles, if any",
+    "wrong_field_count": "rows whose number of fields differs from the header's are skipped: "
+    "look for a delimiter inside a value that is not quoted, or a missing value",
+    "duplicate_row": "rows repeating an earlier row of the same student with the same values: "
+    "the copies are ignored",
+    "conflicting_duplicate": "the same student appears in several rows with different values: "
+    "none of those rows is applied until they agree or all but one are removed",
+    "no_matching_student": "rows that match no active student of the district: check each "
+    "row's SSID and email against the roster",
+    "normalized_value": "codes written in lower case were accepted as upper case",
+}
 
 
 def _fix(
@@ -81,7 +113,9 @@ def _fix(
             f"{_some(len(values), 'email')} not a valid address: use an address like "
             "name@school.org, with no spaces, or leave the cell empty"
         )
-    return message
+    return message or GENERAL_FIXES.get(
+        code, f"{_some(len(values), 'issue')}: each row's message in the table says what to do"
+    )
 
 
 def _words_fix(values: list[str | None], words: frozenset[str], column: str, use: str) -> str:

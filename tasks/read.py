@@ -179,7 +179,7 @@ def _decode(data: bytes) -> tuple[bytes, str | None, Issue | None]:
     # and holds NUL bytes, so this comes before the checks that would call it binary.
     for signature, kind in WORKBOOKS:
         if data.startswith(signature):
-            return data, None, _unreadable(f"it is an Excel workbook ({kind}), not a CSV; ")
+            return data, None, _unreadable(f"it looks like an Excel workbook ({kind}), not a CSV; ")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data[:4]:
         return data, None, _unreadable("it looks like UTF-16 (Excel's 'Unicode Text'); ")
     if b"\x00" in data:

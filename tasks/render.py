@@ -191,12 +191,13 @@ def render_roster(result: RosterResult, max_issues: int = DEFAULT_TEXT_ISSUES) -
 
 
 def render_nightly(districts: list[str], runs: list[RunRow]) -> str:
-    """What a nightly run did, a line per district and per file (its runs, oldest first)."""
+    """What a nightly run did, a line per district and per file (its runs, oldest first);
+    a district that recorded no run took no file (its run failed, or its drop had none)."""
     lines = []
-    for code in districts:
+    for code in sorted({*districts, *(r.district for r in runs)}):
         mine = sorted((r for r in runs if r.district == code), key=lambda r: r.run_id)
         if not mine:
-            lines.append(f"  {code}: nothing new in its drop")
+            lines.append(f"  {code}: no file taken")
             continue
         lines.append(f"  {code}: {len(mine)} {'file' if len(mine) == 1 else 'files'}")
         for r in mine:

@@ -419,3 +419,27 @@ def test_advice_groups_the_issues_by_code_and_column_with_the_fix_for_the_patter
     )
     assert email["fix"].startswith("1 email not a valid address")
     assert "Q" not in gender["fix"]  # a value is quoted only when it is a known word
+
+
+def test_advice_puts_errors_first_names_unknown_columns_once_and_says_row_messages_in_general() -> (
+    None
+):
+    extra = [f"extra{n}" for n in range(14)]
+    header = ",".join([HEADER, *extra])
+    rows = [
+        ",".join(["123456789,a@b.org,F,x,y,N,N,N,N,N,N,N", *[""] * 14]),
+        "0012345678,c@b.org,F",  # too few fields
+        ",".join(["0012345679,d@b.org,F,x,y,N,N,N,N,N,N,N", *[""] * 15]),  # too many
+    ]
+    advice = report_of("\n".join([header, *rows]) + "\n")["advice"]
+
+    assert [(a["code"], a["column"], a["count"]) for a in advice] == [
+        ("invalid_ssid", "SSID", 1),
+        ("wrong_field_count", None, 2),
+        ("unknown_column", None, 14),  # one entry for all of them, after the errors
+    ]
+    assert advice[1]["fix"] == (  # the rows' messages differ (3 fields, 28): said in general
+        "rows whose number of fields differs from the header's are skipped: look for a "
+        "delimiter inside a value that is not quoted, or a missing value"
+    )
+    assert advice[2]["fix"].startswith("columns whose headers are not columns")

@@ -225,8 +225,8 @@ def test_a_workbook_renamed_csv_is_told_as_a_workbook(data: bytes, kind: str) ->
     report = report_of(data)  # named .csv; a workbook holds NUL bytes
     assert codes(report) == ["unreadable_encoding"]
     assert report["issues"][0]["message"] == (
-        f"the file is neither UTF-8 nor Windows-1252 text: it is an Excel workbook ({kind}), "
-        "not a CSV; save it as 'CSV UTF-8 (Comma delimited)' and upload it again"
+        "the file is neither UTF-8 nor Windows-1252 text: it looks like an Excel workbook "
+        f"({kind}), not a CSV; save it as 'CSV UTF-8 (Comma delimited)' and upload it again"
     )
 
 

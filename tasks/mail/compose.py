@@ -168,7 +168,7 @@ def next_steps(
     if block.status == "held":
         return [
             "Nothing was applied yet: the file would change too many values on record. A data "
-            "manager reviews what would change (listed below) and decides.",
+            "manager reviews what would change and decides.",
             f"To apply it: run the Prefect deployment approve-held-sync with {run} and your "
             "email as approved_by, or run `demographics sync FILE --district "
             f"{_header_text(district_code, 100)} --approve --as YOUR_EMAIL` with the same file.",
@@ -294,7 +294,8 @@ def _results_context(
         "run_id": shown(block.run_id) if block.run_id else None,
         "updated_label": "would be updated" if would else "updated",
         "steps": next_steps(district_code, report, file_kept, same_as),
-        "advice": advice_lines(report),
+        # From the file (an unknown header): shown as every other value is.
+        "advice": [{k: shown(v)[:2000] for k, v in a.items()} for a in advice_lines(report)],
         **_changes(block),
         "counts": report.counts_by_code(),
         "issues": issues,

@@ -106,7 +106,8 @@ def outcome_markdown(district: str, file_name: str, outcome: SyncOutcome, flow_r
         lines += [f"| {_cell(code)} | {sev} | {n} |" for code, sev, n in by_code]
         lines.append("")
     lines += ["**What to do next**", ""]
-    lines += [f"- {_cell(step)}" for step in next_steps(district, report)]
+    steps = next_steps(district, report, same_as=outcome.same_as_run_id)
+    lines += [f"- {_cell(step)}" for step in steps]
     lines += ["", f"District `{_cell(district)}` · sync run {block.run_id} · flow run {flow_run}"]
     return "\n".join(lines) + "\n"
 
