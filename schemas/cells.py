@@ -21,6 +21,11 @@ from schemas.columns import (
 from schemas.issues import Code
 
 SSID_PATTERN = r"^[0-9]{10}$"
+# How an SSID that a spreadsheet turned into a number looks: the shapes validate.py's
+# messages and the advice (tasks/advice.py) both tell apart.
+SSID_LOST_ZEROS = r"^[0-9]{1,9}$"
+SSID_SCIENTIFIC = r"^[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]+$"
+SSID_DECIMAL = r"^[0-9]+\.[0-9]*$"
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # Syntax only (no DNS): dot-atom local part, dotted domain with a letter TLD.

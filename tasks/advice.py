@@ -13,6 +13,7 @@ import re
 
 import polars as pl
 
+from schemas.cells import SSID_DECIMAL, SSID_LOST_ZEROS, SSID_SCIENTIFIC
 from schemas.report import Advice
 
 MAX_ROWS = 10  # the rows an entry lists; the issues table and issues.csv have them all
@@ -31,19 +32,19 @@ _TEXT_HINT = (
 SSID_PATTERNS: tuple[tuple[str, str, str], ...] = (
     # (regex, short form for a table row, fix for the advice: {n} is how many)
     (
-        r"^[0-9]{1,9}$",
+        SSID_LOST_ZEROS,
         "lost its leading zeros (see What to fix)",
         "{n} lost leading zeros (Excel read the column as numbers): pad them back to 10 "
         'digits (in Excel: =TEXT(A2,"0000000000") where A2 is the SSID cell), or ' + _TEXT_HINT,
     ),
     (
-        r"^[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]+$",
+        SSID_SCIENTIFIC,
         "in scientific notation (see What to fix)",
         "{n} in scientific notation (like 1.23457E+09): Excel turned them into numbers and "
         "their digits are lost; " + _TEXT_HINT,
     ),
     (
-        r"^[0-9]+\.[0-9]*$",
+        SSID_DECIMAL,
         "has a decimal point (see What to fix)",
         "{n} with a decimal point: they were saved as numbers; " + _TEXT_HINT,
     ),
@@ -52,7 +53,7 @@ SSID_PATTERNS: tuple[tuple[str, str, str], ...] = (
 
 def advise(issues: pl.DataFrame, gender_codes: tuple[str, ...]) -> list[Advice]:
     """One entry per (code, column) of the issues, errors first, then in the order the report
-    shows them; the unknown columns are one entry, naming them all."""
+    shows them; the unknown columns are one entry (the table names each)."""
     if issues.is_empty():
         return []
     unknown = pl.col("code") == "unknown_column"

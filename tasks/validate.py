@@ -14,7 +14,13 @@ from functools import cached_property
 import pandera.polars as pa
 import polars as pl
 
-from schemas.cells import CODE_BY_COLUMN, cells_model
+from schemas.cells import (
+    CODE_BY_COLUMN,
+    SSID_DECIMAL,
+    SSID_LOST_ZEROS,
+    SSID_SCIENTIFIC,
+    cells_model,
+)
 from schemas.columns import (
     CASE_NORMALIZED_COLUMNS,
     DEFAULT_GENDER_CODES,
@@ -273,7 +279,7 @@ def _ssid_message() -> pl.Expr:
         "the student information system without opening it in Excel"
     )
     return (
-        pl.when(value.str.contains(r"^[0-9]{1,9}$"))
+        pl.when(value.str.contains(SSID_LOST_ZEROS))
         .then(
             pl.format(
                 "SSID has {} digits, not 10: it looks like Excel dropped its leading zeros "
@@ -282,14 +288,14 @@ def _ssid_message() -> pl.Expr:
                 digits,
             )
         )
-        .when(value.str.contains(r"^[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]+$"))
+        .when(value.str.contains(SSID_SCIENTIFIC))
         .then(
             pl.lit(
                 "SSID is in scientific notation (like 1.23457E+09): Excel turned it into a "
                 "number and its digits are lost; " + text_hint
             )
         )
-        .when(value.str.contains(r"^[0-9]+\.[0-9]*$"))
+        .when(value.str.contains(SSID_DECIMAL))
         .then(pl.lit("SSID has a decimal point: it was saved as a number; " + text_hint))
         .when(value.str.contains(r"^[0-9]{11,}$"))
         .then(pl.format("SSID has {} digits; it must have exactly 10", digits))
