@@ -161,7 +161,7 @@ def _load(
 
     def on_loaded(cur: psycopg.Cursor, district_id: int, result: RosterResult) -> None:
         said = f"{fetched.name} loaded: {counts_line(result)}"
-        recorded.append(_insert(cur, district_id, fetched, by, "succeeded", said))
+        recorded.append(_record(cur, district_id, fetched, by, "succeeded", said))
 
     try:
         result = load_roster(
@@ -187,21 +187,6 @@ def _load(
     return RosterTaken("loaded", said, recorded[0], loaded_notice(fetched.name, result), later)
 
 
-def _insert(
-    cur: psycopg.Cursor,
-    district_id: int,
-    fetched: _Fetched,
-    by: str,
-    status: str,
-    message: str,
-    **extra: Any,
-) -> int:
-    """Record a roster taken from the drop. It replaces a roster still held (a new export
-    leaves the old hold nothing to approve), in the same transaction."""
-    store.discard_holds(cur.connection, district_id, f"{by} (a newer roster)", kind="roster")
-    return _record(cur, district_id, fetched, by, status, message, **extra)
-
-
 def _record(
     cur: psycopg.Cursor,
     district_id: int,
@@ -209,8 +194,15 @@ def _record(
     by: str,
     status: str,
     message: str,
+    *,
+    replaces_hold: bool = True,
     **extra: Any,
 ) -> int:
+    """Record a roster run. A roster taken from the drop replaces one still held (a new
+    export leaves the old hold nothing to approve), in the same transaction; an approval
+    resolves its own hold instead (`replaces_hold=False`)."""
+    if replaces_hold:
+        store.discard_holds(cur.connection, district_id, f"{by} (a newer roster)", kind="roster")
     return store.insert_run(
         cur,
         district_id=district_id,
@@ -228,7 +220,7 @@ def _record(
 
 def _record_alone(conn: psycopg.Connection, *args: Any, **extra: Any) -> int:
     with conn.transaction(), conn.cursor() as cur:
-        return _insert(cur, *args, **extra)
+        return _record(cur, *args, **extra)
 
 
 # --- a held roster -----------------------------------------------------------------------
@@ -275,6 +267,7 @@ def approve_roster(
                     manager,
                     "succeeded",
                     said,
+                    replaces_hold=False,
                     approves_run_id=held.run_id,
                 )
             )
