@@ -27,7 +27,6 @@ from flows.fanout import (
     wait_for_districts,
 )
 from flows.steps import (
-    EMAIL_FAILED,
     FLOW_SETTINGS,
     PREVIEW,
     REFUSED,
@@ -165,7 +164,7 @@ def process_file(
     log.info("%s", outcome_line(file_name, outcome))
     # The outcome is committed: from here on nothing fails the run except the outcome itself.
     emailed = send_and_record(lambda: results_message(district, outcome, folder), outcome.run_id)
-    if folder == "preview" and emailed.startswith(EMAIL_FAILED):
+    if folder == "preview" and not emailed.sent:
         settled = "kept"  # deleted once its email is out: tried again next run
     else:
         settled = settle(district, source, outcome.status, outcome.run_id, folder)
@@ -255,11 +254,14 @@ def _tell_then_settle(district: str, taken: roster.RosterTaken) -> str:
     go out (they are the only copy of what its errors were about), or when the drop refuses
     the delete: the next run recognises them. Returns what became of the files."""
     log = get_run_logger()
-    emailed = notify(district, taken.notice, taken.run_id) if taken.notice else "no email"
-    log.info("roster: %s", emailed)
+    told = True
+    if taken.notice is not None:
+        emailed = notify(district, taken.notice, taken.run_id)
+        log.info("roster: %s", emailed)
+        told = emailed.sent
     if not taken.delete:
         return "kept"
-    if emailed.startswith(EMAIL_FAILED):
+    if not told:
         log.warning("roster files kept: the email could not go out")
         return "kept"
     state = settle_roster(district, taken.delete, return_state=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -149,12 +150,20 @@ def _smtp_password() -> str | None:
     return Secret.load(name, _sync=True).get()  # _sync: also from an async flow
 
 
-EMAIL_FAILED = "email failed"  # how `email`'s phrase starts when nothing was sent
+@dataclass(frozen=True)
+class Emailed:
+    """Whether a message went out, and a phrase for the log (what `str` gives)."""
+
+    sent: bool
+    said: str
+
+    def __str__(self) -> str:
+        return self.said
 
 
-def send_and_record(render: Callable[[], Any], run_id: int | None) -> str:
+def send_and_record(render: Callable[[], Any], run_id: int | None) -> Emailed:
     """Render, send (with retries) and record; after a committed sync, none of it may fail
-    the run. Returns a phrase for the log."""
+    the run. A file that is deleted once its email is out stays when `sent` is False."""
     settings = load_settings()
     sender = send_message.with_options(
         retries=settings.mail_attempts - 1, retry_delay_seconds=settings.mail_retry_seconds
@@ -164,9 +173,9 @@ def send_and_record(render: Callable[[], Any], run_id: int | None) -> str:
     except Exception as exc:  # task exceptions carry no values (tasks.process.safe_step)
         get_run_logger().warning("the email could not be sent: %s", exc)
         recorded = _recorded(run_id, None, str(exc))
-        return EMAIL_FAILED + ("" if recorded else " (and not recorded)")
+        return Emailed(False, "email failed" + ("" if recorded else " (and not recorded)"))
     recorded = _recorded(run_id, delivery, None)
-    return f"email {delivery.kind}" + ("" if recorded else " (not recorded)")
+    return Emailed(True, f"email {delivery.kind}" + ("" if recorded else " (not recorded)"))
 
 
 def _recorded(run_id: int | None, delivery: Any, error: str | None) -> bool:
@@ -179,7 +188,7 @@ def _recorded(run_id: int | None, delivery: Any, error: str | None) -> bool:
     return True
 
 
-def notify(district: str, notice: process.Notice, run_id: int | None = None) -> str:
+def notify(district: str, notice: process.Notice, run_id: int | None = None) -> Emailed:
     return send_and_record(lambda: notice_message(district, notice), run_id)
 
 

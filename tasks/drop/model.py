@@ -196,10 +196,6 @@ def escape_name(name: str, limit: int = 120) -> str:
     return shown
 
 
-def is_csv(name: str) -> bool:
-    return has_suffix(name, (".csv",))
-
-
 def has_suffix(name: str, suffixes: tuple[str, ...]) -> bool:
     """Whether the name ends in one of the suffixes, in any case."""
     return any(name[-len(x) :].lower() == x and name[-len(x) :].isascii() for x in suffixes)
