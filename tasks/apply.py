@@ -13,6 +13,7 @@ from psycopg import sql
 
 from tasks.db import copy_frame
 from tasks.match import STUDENT_ID, VALUE_COLUMNS
+from tasks.progress import SILENT, Progress
 
 _DELTA_TABLE = """
 CREATE TEMP TABLE sync_delta (
@@ -29,11 +30,16 @@ _COLUMNS = sql.SQL(", ").join(map(sql.Identifier, VALUE_COLUMNS))
 
 
 def apply_changes(
-    cur: psycopg.Cursor, run_id: int, delta: pl.DataFrame, history: pl.DataFrame
+    cur: psycopg.Cursor,
+    run_id: int,
+    delta: pl.DataFrame,
+    history: pl.DataFrame,
+    progress: Progress = SILENT,
 ) -> None:
     """Apply `delta` (final values of changing students) and record `history` for `run_id`."""
     if delta.height == 0:
         return
+    progress.phase("apply", delta.height)
     cur.execute(_DELTA_TABLE)
     copy_frame(cur, "sync_delta", delta.select(STUDENT_ID, "has_row", *VALUE_COLUMNS))
     cur.execute("ANALYZE sync_delta")
@@ -49,6 +55,7 @@ def apply_changes(
             SELECT student_id, {0} FROM sync_delta WHERE NOT has_row"""
         ).format(_COLUMNS)
     )
+    progress.phase("history", history.height)
     copy_frame(
         cur,
         "core.demographic_changes",

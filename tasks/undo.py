@@ -17,6 +17,7 @@ from tasks import store
 from tasks.db import connect
 from tasks.errors import DemographicsError
 from tasks.match import VALUE_COLUMNS
+from tasks.progress import SILENT, Progress
 
 
 class UndoRefused(DemographicsError):
@@ -79,10 +80,15 @@ WHERE d.student_id = u.student_id"""
 
 
 def undo_run(
-    url: str, run_id: int, requested_by: str, lock_wait_seconds: float = 60.0
+    url: str,
+    run_id: int,
+    requested_by: str,
+    lock_wait_seconds: float = 60.0,
+    progress: Progress = SILENT,
 ) -> UndoOutcome:
     """Undo sync run `run_id` as a new run of its own, under the district's lock, in one
-    transaction; values changed again by a later run are kept (and counted)."""
+    transaction; values changed again by a later run are kept (and counted). `progress` is
+    told the phases."""
     started_at = datetime.now(UTC)
     with connect(url, autocommit=True) as conn:
         district_id, code, undone_by = _undoable(conn, run_id)
@@ -102,6 +108,7 @@ def undo_run(
                 started_at=started_at,
                 undoes_run_id=run_id,
             )
+            progress.phase("restore")
             outcome = _restore(cur, run_id, undo_id, code)
             store.update_run(
                 cur,
@@ -113,6 +120,7 @@ def undo_run(
             cur.execute(
                 "UPDATE core.sync_runs SET undone_by = %s WHERE run_id = %s", (undo_id, run_id)
             )
+            progress.phase("commit")
     return outcome
 
 

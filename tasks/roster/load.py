@@ -17,6 +17,7 @@ from schemas.roster import STAFF_ROLES, RosterCounts, RosterResult, SchoolLoss
 from tasks.access.managers import grant_pending_managers
 from tasks.db import copy_frame
 from tasks.errors import DemographicsError
+from tasks.progress import SILENT, Progress
 from tasks.roster.drop import guard_reason
 from tasks.roster.read import RosterSnapshot
 from tasks.roster.rules import is_active
@@ -51,6 +52,7 @@ def load_roster(
     *,
     guard: float | None = None,
     on_loaded: OnLoaded | None = None,
+    progress: Progress = SILENT,
 ) -> RosterResult:
     """Load a checked snapshot as the district's roster, in one transaction.
 
@@ -69,6 +71,7 @@ def load_roster(
         with conn.transaction(), conn.cursor() as cur:
             district_id = _district_id(cur, district_code, sourced_id, name)
             lock_district(cur, district_id, district_code, lock_wait_seconds)
+            progress.phase("copy")
             cur.execute(_TEMP_TABLES)
             for table, frame in tables.items():
                 copy_frame(cur, f"r_{table}", frame)
@@ -80,10 +83,12 @@ def load_roster(
                 (name, district_id),
             )
             for entity in ENTITIES:
+                progress.phase(entity)
                 counts[entity] = _load_entity(cur, district_id, entity)
             result.granted = grant_pending_managers(conn, district_id)
             if on_loaded is not None:
                 on_loaded(cur, district_id, result)
+            progress.phase("commit")
     except _Held as held:
         result.loaded, result.held, result.losses = False, held.reason, held.losses
     return result

@@ -23,6 +23,7 @@ from tasks import access, store
 from tasks.apply import apply_changes
 from tasks.db import connect, describe_error
 from tasks.match import Matched, copy_students, match_file, parse_students
+from tasks.progress import SILENT, Progress
 from tasks.sync.decision import Decision, Mode, decide, sync_block
 from tasks.validate import Validation, validate_bytes, with_issues
 
@@ -77,6 +78,7 @@ def run_file(
     lock_wait_seconds: float = 60.0,
     approved_by: str | None = None,
     via: str | None = None,
+    progress: Progress = SILENT,
 ) -> SyncOutcome:
     """Preview or sync `data` (a file's bytes) for a district. Raises only for a district that
     does not exist, a district busy beyond the wait, a database that cannot be reached, or an
@@ -85,7 +87,7 @@ def run_file(
 
     `approve` needs `approved_by`, a data manager's email: the approval is recorded (who,
     when, `via` which command or flow run) in the transaction that applies the held file, so
-    an approval that applies nothing leaves no record of one."""
+    an approval that applies nothing leaves no record of one. `progress` is told the phases."""
     requested_by = requested_by or default_requester()
     started_at = datetime.now(UTC)
     if approve and not approved_by:
@@ -120,6 +122,7 @@ def run_file(
                 started_at,
                 lock_wait_seconds,
                 (approved_by, via),
+                progress,
             )
         except (store.DistrictBusy, store.UnknownDistrict, access.AccessError):
             raise
@@ -146,6 +149,7 @@ def _decide_and_apply(
     started_at: datetime,
     lock_wait_seconds: float,
     approval: tuple[str | None, str | None] = (None, None),
+    progress: Progress = SILENT,
 ) -> SyncOutcome:
     """Read what the decision needs under the district's lock, decide, then carry it out."""
     with conn.transaction(), conn.cursor() as cur:
@@ -155,6 +159,7 @@ def _decide_and_apply(
             store.lock_district(cur, district.district_id, district.code, lock_wait_seconds)
         # The roster is fetched while the file is validated: the server formats a million
         # rows while polars checks the file.
+        progress.phase("validate")
         with ThreadPoolExecutor(max_workers=1) as pool:
             fetching = pool.submit(copy_students, conn, district.district_id)
             validation = validate()
@@ -163,6 +168,7 @@ def _decide_and_apply(
         matched: Matched | None = None
         same_as: int | None = None
         if not report.stopped and validation.normalized is not None:
+            progress.phase("match", validation.normalized.height)
             matched = match_file(validation.normalized, report.issues, students)
             report = with_issues(report, [matched.issues])
             same_as = _applied_before(cur, district.district_id, report.file.sha256)
@@ -182,9 +188,21 @@ def _decide_and_apply(
         decision = judge()
         if decision.verdict == "hold" and not decision.preview:
             decision = judge(_held_runs(cur, district.district_id, report.file.sha256))
-        return _carry_out(
-            conn, cur, district, report, matched, decision, started_at, requested_by, approval
+        outcome = _carry_out(
+            conn,
+            cur,
+            district,
+            report,
+            matched,
+            decision,
+            started_at,
+            requested_by,
+            approval,
+            progress,
         )
+        if not decision.preview:
+            progress.phase("commit")
+        return outcome
 
 
 def _carry_out(
@@ -197,6 +215,7 @@ def _carry_out(
     started_at: datetime,
     requested_by: str,
     approval: tuple[str | None, str | None],
+    progress: Progress = SILENT,
 ) -> SyncOutcome:
     """The one tail: the outcome a person is told, and unless previewing, the run recorded
     (and for an applied file, its changes and any approval) in the caller's transaction."""
@@ -225,7 +244,7 @@ def _carry_out(
     if decision.verdict == "apply":
         assert matched is not None
         try:
-            apply_changes(cur, run_id, matched.delta, matched.history)
+            apply_changes(cur, run_id, matched.delta, matched.history, progress)
         except psycopg.Error as exc:
             raise _Failure() from exc
         if decision.held_runs:
