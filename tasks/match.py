@@ -16,7 +16,6 @@ Rules (csv-contract.md, Matching and Duplicates):
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, replace
 
 import polars as pl
@@ -34,10 +33,11 @@ VALUE_COLUMNS = DEMOGRAPHIC_COLUMNS
 STUDENT_ID = "student_id"
 
 
-def copy_students(conn: psycopg.Connection, district_id: int) -> bytes:
-    """The district's active students with their stored values (flags as Y/N), as CSV bytes
-    from one COPY. Mostly the server's work, so it can overlap validation in a thread;
-    `parse_students` turns it into a frame afterwards, on the caller's thread."""
+def read_students(conn: psycopg.Connection, district_id: int) -> pl.DataFrame:
+    """The district's active students with their stored values, as `parse_students` gives
+    them, from one COPY parsed in slices of whole lines as they arrive: neither the CSV text
+    nor a string frame of the whole roster is ever held. Mostly the server's work, so it can
+    overlap validation in a thread."""
     flag = sql.SQL("CASE WHEN {0} THEN 'Y' WHEN NOT {0} THEN 'N' END")
     values = sql.SQL(", ").join(
         flag.format(sql.Identifier("d", c)) if c in FLAG_COLUMNS else sql.Identifier("d", c)
@@ -49,33 +49,78 @@ def copy_students(conn: psycopg.Connection, district_id: int) -> bytes:
         " FROM core.students s LEFT JOIN core.student_demographics d USING (student_id)"
         " WHERE s.district_id = {} AND s.active) TO STDOUT (FORMAT csv)"
     ).format(values, sql.Literal(int(district_id)))
-    buffer = io.BytesIO()
+    parts: list[pl.DataFrame] = []
+    pending = bytearray()
     with conn.cursor() as cur, cur.copy(query) as copy:
         for chunk in copy:
-            buffer.write(chunk)
-    return buffer.getvalue()
+            pending += chunk
+            if len(pending) >= _SLICE_BYTES:
+                cut = _whole_lines(pending)
+                if cut:
+                    parts.append(parse_students(bytes(pending[:cut])))
+                    del pending[:cut]
+    parts.append(parse_students(bytes(pending)))
+    return pl.concat(parts, rechunk=True) if len(parts) > 1 else parts[0]
 
 
-_STUDENT_SCHEMA = {
+# The roster's CSV is parsed 16 MB at a time (about 150,000 students).
+_SLICE_BYTES = 16 << 20
+
+
+def _whole_lines(data: bytearray) -> int:
+    """Where the last complete CSV record ends (0 if none can be told): after a newline with
+    an even number of quotes before it, so no quoted value is cut."""
+    cut = data.rfind(b"\n") + 1
+    return cut if data.count(b'"', 0, cut) % 2 == 0 else 0
+
+
+_CSV_SCHEMA = {
     STUDENT_ID: pl.Int64,
     "ssid": pl.String,
     "email": pl.String,
     "has_row": pl.String,
-    **{f"old_{c}": pl.String for c in VALUE_COLUMNS},
+    # Stored values are a handful of codes: categorical, 4 bytes a student, not a string's 16.
+    **{f"old_{c}": pl.Categorical for c in VALUE_COLUMNS},
+}
+_STUDENT_SCHEMA = {
+    STUDENT_ID: pl.Int64,
+    "_ssid_key": pl.UInt64,
+    "email": pl.String,
+    "has_row": pl.Boolean,
+    **{f"old_{c}": pl.Categorical for c in VALUE_COLUMNS},
 }
 
 
 def parse_students(data: bytes) -> pl.DataFrame:
+    """Rows of the roster COPY (student_id, ssid, email, has a values row (t/f), the stored
+    values) -> the frame matching uses: the SSID only as its key (a 10-digit SSID as a
+    number, else null), values categorical."""
     if not data:
-        return pl.DataFrame(schema=_STUDENT_SCHEMA).with_columns(pl.col("has_row") == "t")
+        return pl.DataFrame(schema=_STUDENT_SCHEMA)
     frame = pl.read_csv(
         data,
         has_header=False,
-        new_columns=list(_STUDENT_SCHEMA),
-        schema_overrides=_STUDENT_SCHEMA,
+        new_columns=list(_CSV_SCHEMA),
+        schema_overrides=_CSV_SCHEMA,
         infer_schema=False,
     )
-    return frame.with_columns(pl.col("has_row") == "t")
+    return frame.select(
+        STUDENT_ID,
+        pl.when(pl.col("ssid").str.contains(SSID_PATTERN))
+        .then(pl.col("ssid").cast(pl.UInt64, strict=False))
+        .alias("_ssid_key"),
+        "email",
+        pl.col("has_row") == "t",
+        *(f"old_{c}" for c in VALUE_COLUMNS),
+    )
+
+
+def compact_values(normalized: pl.DataFrame) -> pl.DataFrame:
+    """The file's value columns as categoricals (the same codes as the stored ones): a
+    million rows of Y/N take 4 MB this way, 16 MB as strings."""
+    return normalized.with_columns(
+        pl.col(c).cast(pl.Categorical) for c in VALUE_COLUMNS if c in normalized.columns
+    )
 
 
 @dataclass
@@ -144,9 +189,7 @@ def _match_rows(
     keys = _file_keys(normalized, report_issues)
     roster = students.select(
         pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pos"),
-        pl.when(pl.col("ssid").str.contains(SSID_PATTERN))
-        .then(pl.col("ssid").cast(pl.UInt64, strict=False))
-        .alias("_ssid_key"),
+        "_ssid_key",
         pl.col("email").alias("_stored_email"),
     )
     by_ssid = roster.drop_nulls("_ssid_key").unique("_ssid_key", keep="none")
@@ -296,7 +339,7 @@ def _duplicates(
     )
     rows = (
         normalized.filter(repeated)
-        .select(ROW, *columns)
+        .select(ROW, *(pl.col(c).cast(pl.String) for c in columns))
         .with_columns(keys["_pos"].filter(repeated).alias("_student"))
     )
     return judge_duplicates(rows, "_student", "the same student (matched by the roster)")
@@ -389,8 +432,8 @@ def _delta_and_history(
                 {
                     STUDENT_ID: delta_columns[STUDENT_ID].filter(mask),
                     "field": pl.Series([c] * int(mask.sum()), dtype=pl.String),
-                    "old_value": old.filter(mask),
-                    "new_value": new.filter(mask),
+                    "old_value": old.filter(mask).cast(pl.String),
+                    "new_value": new.filter(mask).cast(pl.String),
                 },
                 schema=_HISTORY_SCHEMA,
             )

@@ -22,7 +22,7 @@ from schemas.report import ISSUE_SCHEMA, Report
 from tasks import access, store
 from tasks.apply import apply_changes
 from tasks.db import connect, describe_error
-from tasks.match import Matched, copy_students, match_file, parse_students
+from tasks.match import Matched, compact_values, match_file, read_students
 from tasks.progress import SILENT, Progress
 from tasks.sync.decision import Decision, Mode, decide, sync_block
 from tasks.validate import Validation, validate_bytes, with_issues
@@ -100,15 +100,18 @@ def run_file(
 
         def validate() -> Validation:
             if not validated:
-                validated.append(
-                    validate_bytes(
-                        data,
-                        file_name,
-                        gender_codes=district.gender_codes,
-                        district=district.code,
-                        judge_duplicates=False,
-                    )
+                validation = validate_bytes(
+                    data,
+                    file_name,
+                    gender_codes=district.gender_codes,
+                    district=district.code,
+                    judge_duplicates=False,
                 )
+                if validation.normalized is not None:  # the string columns are freed here
+                    validation = replace(
+                        validation, _normalized=compact_values(validation.normalized)
+                    )
+                validated.append(validation)
             return validated[0]
 
         try:
@@ -161,9 +164,9 @@ def _decide_and_apply(
         # rows while polars checks the file.
         progress.phase("validate")
         with ThreadPoolExecutor(max_workers=1) as pool:
-            fetching = pool.submit(copy_students, conn, district.district_id)
+            fetching = pool.submit(read_students, conn, district.district_id)
             validation = validate()
-            students = parse_students(fetching.result())
+            students = fetching.result()
         report = validation.report
         matched: Matched | None = None
         same_as: int | None = None
