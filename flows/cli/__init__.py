@@ -4,7 +4,8 @@ Prefect is imported only by the commands that run flows, so a file-only command 
 `demographics validate` starts fast and touches nothing but the file.
 
 One module per group of commands, each importing only `output` (errors, report files, shared
-options), never another: this module puts them together.
+options) and `progress` (a long command's phases on a terminal), never another: this module
+puts them together.
 """
 
 from __future__ import annotations

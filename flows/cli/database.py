@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from flows.cli.output import SyncFormat, fail, one_line_errors
+from flows.cli.progress import shown
 
 db_app = typer.Typer(
     help="The database: URL, schema upgrade, embedded server.", no_args_is_help=True
@@ -94,10 +95,15 @@ def roster_load(
 
     if not directory.is_dir():
         fail(f"{directory}: not a folder")
-    snapshot = read_roster(directory)
-    url = ready_database_url()
-    with connect(url) as conn:
-        result = load_roster(conn, district, snapshot, load_settings().lock_wait_seconds)
+    with shown(format) as progress:
+        progress.phase("read")  # the files read and checked
+        snapshot = read_roster(directory)
+        progress.phase("connect")
+        url = ready_database_url()
+        with connect(url) as conn:
+            result = load_roster(
+                conn, district, snapshot, load_settings().lock_wait_seconds, progress=progress
+            )
     typer.echo(result.to_json() if format is SyncFormat.json else render_roster(result), nl=False)
     raise typer.Exit(0 if result.loaded else 1)
 

@@ -18,6 +18,7 @@ from flows.cli.output import (
     read_or_fail,
     split_list,
 )
+from flows.cli.progress import shown
 
 app = typer.Typer()
 
@@ -41,21 +42,25 @@ def _sync_command(
     from tasks.settings import load_settings
     from tasks.sync import default_requester, run_file
 
-    data = read_or_fail(file)
-    url = ready_database_url()
-    if approve and not approver:
-        fail("--approve needs --as EMAIL: approving a held sync is a data manager's act")
-    outcome = run_file(
-        url,
-        district,
-        data,
-        file.name,
-        mode=mode,  # type: ignore[arg-type]
-        approve=approve,
-        lock_wait_seconds=load_settings().lock_wait_seconds,
-        approved_by=approver,
-        via=default_requester(),
-    )
+    with shown(format) as progress:
+        progress.phase("read")
+        data = read_or_fail(file)
+        progress.phase("connect")
+        url = ready_database_url()
+        if approve and not approver:
+            fail("--approve needs --as EMAIL: approving a held sync is a data manager's act")
+        outcome = run_file(
+            url,
+            district,
+            data,
+            file.name,
+            mode=mode,  # type: ignore[arg-type]
+            approve=approve,
+            lock_wait_seconds=load_settings().lock_wait_seconds,
+            approved_by=approver,
+            via=default_requester(),
+            progress=progress,
+        )
     if format is SyncFormat.json:
         sys.stdout.write(render_json(outcome.report) + "\n")
     else:
@@ -127,9 +132,12 @@ def undo(run_id: Annotated[int, typer.Argument(help="The sync run to undo.")]) -
     from tasks.sync import default_requester
     from tasks.undo import undo_run
 
-    outcome = undo_run(
-        ready_database_url(), run_id, default_requester(), load_settings().lock_wait_seconds
-    )
+    with shown() as progress:
+        progress.phase("connect")
+        url = ready_database_url()
+        outcome = undo_run(
+            url, run_id, default_requester(), load_settings().lock_wait_seconds, progress
+        )
     typer.echo(outcome.message)
     for student, field, later in outcome.kept_examples:
         typer.echo(f"  kept: student {student}, {field} (changed again by run {later})")
