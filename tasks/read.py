@@ -81,11 +81,11 @@ def column_key(index: int) -> str:
     return f"c{index}"
 
 
-def read_demographics(data: bytes, name: str) -> ParsedFile:
-    """Bytes of an uploaded file -> ParsedFile. Never raises for any content."""
-    info = FileInfo(
-        name=name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), encoding=None
-    )
+def read_demographics(data: bytes, name: str, sha256: str | None = None) -> ParsedFile:
+    """Bytes of an uploaded file -> ParsedFile. Never raises for any content. `sha256` is the
+    bytes' digest when the caller has it already (a sync checks it before reading)."""
+    digest = sha256 or hashlib.sha256(data).hexdigest()
+    info = FileInfo(name=name, sha256=digest, bytes=len(data), encoding=None)
     parsed = ParsedFile(info=info)
     text, encoding, problem = _decode(data)
     if problem is not None:

@@ -7,9 +7,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import write_roster
-from storehelp import STUDENTS, codes_at, line, load, set_limits, snapshot, sync, values
+from storehelp import HEADER, STUDENTS, codes_at, line, load, set_limits, snapshot, sync, values
 
 from tasks.access import NotAManager, grant_manager
+from tasks.sync import run_file
 
 D = "d1"
 
@@ -323,6 +324,39 @@ def test_the_same_file_again_changes_nothing_and_says_so(district: str) -> None:
     after = snapshot(district)
     assert after[0] == before[0] and after[1] == before[1]
     assert after[2][-1] == (again.run_id, "succeeded")
+
+
+def test_a_file_already_applied_is_told_by_its_digest_and_reported_from_its_run(
+    district: str,
+) -> None:
+    """The same bytes again are not read: the report repeats the applying run's encoding and
+    counts (its issues are in that run's report), and the new run records both again."""
+    header = HEADER + ",Remarqué"  # an unknown column, in a Windows-1252 file
+    rows = [line("0000000001", gender="F") + ",a", line("0000000009", gender="F") + ",b"]
+    data = (header + "\n" + "".join(r + "\n" for r in rows)).encode("cp1252")
+    first = run_file(district, D, data, "upload.csv", requested_by="test")
+    assert first.status == "succeeded" and first.report.file.encoding == "windows-1252"
+    assert first.report.issues.height == first.report.summary.warnings == 3
+    again = run_file(district, D, data, "upload.csv", requested_by="test")
+    assert again.status == "succeeded" and again.same_as_run_id == int(first.run_id or 0)
+    assert again.report.file == first.report.file
+    assert again.report.summary == first.report.summary
+    assert again.report.issues.is_empty()
+    block = again.report.sync
+    assert block is not None
+    assert (block.matched, block.updated, block.unchanged, block.unmatched) == (1, 0, 1, 1)
+    with psycopg.connect(district) as conn:
+        recorded = conn.execute(
+            "SELECT same_as_run_id, file_encoding, warning_rows, rows, matched, values_changed "
+            "FROM core.sync_runs WHERE run_id = %s",
+            (again.run_id,),
+        ).fetchone()
+        assert recorded == (first.run_id, "windows-1252", 1, 2, 1, 0)
+        # A run recorded before the encoding was kept: the file is read again, same verdict.
+        conn.execute("UPDATE core.sync_runs SET file_encoding = NULL")
+    legacy = run_file(district, D, data, "upload.csv", requested_by="test")
+    assert legacy.same_as_run_id == first.run_id
+    assert legacy.report.issues.height == 3
 
 
 def test_preview_writes_nothing(district: str) -> None:

@@ -135,15 +135,7 @@ def decide(
             sync_block("preview" if preview else "rejected"),
         )
     if same_as is not None:
-        said = "would change" if preview else "was changed"
-        return Decision(
-            "nothing_to_do",
-            "already_applied",
-            preview,
-            f"this file (same SHA-256) was already applied by run {same_as}; nothing {said}",
-            sync_block("preview" if preview else "succeeded", matched),
-            same_as_run_id=same_as,
-        )
+        return already_applied(same_as, matched.matched, matched.unmatched, preview)
     summary = report.summary
     share = summary.error_rows / summary.rows if summary.rows else 0.0
     if share > error_limit:
@@ -153,6 +145,28 @@ def decide(
     if hold_share > hold_limit and not approved:
         return _hold(matched, hold_share, hold_limit, preview, approve)
     return _apply(matched, preview, tuple(held_runs) if approved else ())
+
+
+def already_applied(same_as: int, matched: int, unmatched: int, preview: bool) -> Decision:
+    """The very same file (same SHA-256) was applied by run `same_as` and not undone: nothing
+    is (or would be) done. `matched` and `unmatched` are the counts of that file's rows."""
+    said = "would change" if preview else "was changed"
+    block = SyncBlock(
+        run_id=None,
+        status="preview" if preview else "succeeded",
+        matched=matched,
+        updated=0,
+        unchanged=matched,
+        unmatched=unmatched,
+    )
+    return Decision(
+        "nothing_to_do",
+        "already_applied",
+        preview,
+        f"this file (same SHA-256) was already applied by run {same_as}; nothing {said}",
+        block,
+        same_as_run_id=same_as,
+    )
 
 
 def _too_many_errors(

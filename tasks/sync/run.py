@@ -9,6 +9,7 @@ steps in a read-only transaction and writes nothing, not even a run record.
 from __future__ import annotations
 
 import getpass
+import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -18,14 +19,15 @@ import polars as pl
 import psycopg
 
 from schemas.issues import Code
-from schemas.report import ISSUE_SCHEMA, Report
+from schemas.report import ISSUE_SCHEMA, FileInfo, Report, Summary
 from tasks import access, store
 from tasks.apply import apply_changes
 from tasks.db import connect, describe_error
 from tasks.match import Matched, compact_values, match_file, read_students
 from tasks.progress import SILENT, Progress
-from tasks.sync.decision import Decision, Mode, decide, sync_block
-from tasks.validate import Validation, validate_bytes, with_issues
+from tasks.read import read_demographics
+from tasks.sync.decision import Decision, Mode, already_applied, decide, sync_block
+from tasks.validate import Validation, validate_parsed, with_issues
 
 
 @dataclass
@@ -92,6 +94,8 @@ def run_file(
     started_at = datetime.now(UTC)
     if approve and not approved_by:
         raise access.NotAManager("approving a held sync needs the approving data manager")
+    # The digest first: a file already applied is recognised by it before it is read.
+    file = FileInfo(file_name, hashlib.sha256(data).hexdigest(), len(data), None)
     with connect(url, autocommit=True) as conn:
         district = store.get_district(conn, district_code)
         if approve and approved_by:
@@ -100,9 +104,8 @@ def run_file(
 
         def validate() -> Validation:
             if not validated:
-                validation = validate_bytes(
-                    data,
-                    file_name,
+                validation = validate_parsed(
+                    read_demographics(data, file_name, file.sha256),
                     gender_codes=district.gender_codes,
                     district=district.code,
                     judge_duplicates=False,
@@ -118,6 +121,7 @@ def run_file(
             return _decide_and_apply(
                 conn,
                 district,
+                file,
                 validate,
                 mode,
                 approve,
@@ -145,6 +149,7 @@ class _Failure(Exception):
 def _decide_and_apply(
     conn: psycopg.Connection,
     district: store.District,
+    file: FileInfo,
     validate: Callable[[], Validation],
     mode: Mode,
     approve: bool,
@@ -160,6 +165,11 @@ def _decide_and_apply(
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         else:
             store.lock_district(cur, district.district_id, district.code, lock_wait_seconds)
+        known = _applied_file(cur, district, file, mode)
+        if known is not None:
+            return _carry_out(
+                conn, cur, district, *known, started_at, requested_by, approval, progress
+            )
         # The roster is fetched while the file is validated: the server formats a million
         # rows while polars checks the file.
         progress.phase("validate")
@@ -269,12 +279,43 @@ def _set_run_id(report: Report, run_id: int | None) -> Report:
     )
 
 
+_APPLIED = """kind = 'sync' AND status = 'succeeded' AND same_as_run_id IS NULL
+               AND undone_by IS NULL"""
+
+
+def _applied_file(
+    cur: psycopg.Cursor, district: store.District, file: FileInfo, mode: Mode
+) -> tuple[Report, None, Decision] | None:
+    """A file whose bytes a run applied (and no one undid) is told by its SHA-256 alone: its
+    report repeats that run's counts, without reading the file again. Its issues are in that
+    run's report. (Runs recorded before sql/008 lack the encoding: such a file is read.)"""
+    row = cur.execute(
+        f"""SELECT run_id, file_encoding, rows, valid_rows, error_rows, warning_rows, errors,
+                   warnings, matched, unmatched
+            FROM core.sync_runs
+            WHERE district_id = %s AND file_sha256 = %s AND {_APPLIED}
+              AND file_encoding IS NOT NULL
+            ORDER BY run_id DESC LIMIT 1""",
+        (district.district_id, file.sha256),
+    ).fetchone()
+    if row is None:
+        return None
+    run_id, encoding, *counts, matched, unmatched = row
+    report = Report(
+        file=replace(file, encoding=encoding),
+        summary=Summary(*counts),
+        issues=pl.DataFrame(schema=ISSUE_SCHEMA),
+        district=district.code,
+        gender_codes=tuple(code.upper() for code in district.gender_codes),
+    )
+    return report, None, already_applied(run_id, matched, unmatched, mode == "preview")
+
+
 def _applied_before(cur: psycopg.Cursor, district_id: int, sha: str) -> int | None:
     row = cur.execute(
-        """SELECT run_id FROM core.sync_runs
-           WHERE district_id = %s AND file_sha256 = %s AND kind = 'sync'
-             AND status = 'succeeded' AND same_as_run_id IS NULL AND undone_by IS NULL
-           ORDER BY run_id DESC LIMIT 1""",
+        f"""SELECT run_id FROM core.sync_runs
+            WHERE district_id = %s AND file_sha256 = %s AND {_APPLIED}
+            ORDER BY run_id DESC LIMIT 1""",
         (district_id, sha),
     ).fetchone()
     return None if row is None else int(row[0])
@@ -305,11 +346,13 @@ def _run_values(
         "file_name": report.file.name,
         "file_sha256": report.file.sha256,
         "file_bytes": report.file.bytes,
+        "file_encoding": report.file.encoding,
         "requested_by": requested_by,
         "started_at": started_at,
         "rows": summary.rows,
         "valid_rows": summary.valid_rows,
         "error_rows": summary.error_rows,
+        "warning_rows": summary.warning_rows,
         "errors": summary.errors,
         "warnings": summary.warnings,
         "matched": block.matched,
