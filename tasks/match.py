@@ -192,20 +192,23 @@ def _match_rows(
         "_ssid_key",
         pl.col("email").alias("_stored_email"),
     )
-    by_ssid = roster.drop_nulls("_ssid_key").unique("_ssid_key", keep="none")
+    # Students whose SSID is unique in the district; a mask, not `unique()`, which would copy
+    # the roster (its hash table alone is the size of the roster's keys and emails).
+    by_ssid = roster.drop_nulls("_ssid_key")
+    shared = by_ssid["_ssid_key"].is_duplicated()
+    if shared.any():
+        by_ssid = by_ssid.filter(~shared)
     keys = keys.join(
         by_ssid.rename({"_pos": "_ssid_pos"}), on="_ssid_key", how="left", maintain_order="left"
     )
-    email_differs = pl.col("_email_ok") & (
-        pl.col("_email").str.to_lowercase() != pl.col("_stored_email").str.to_lowercase()
-    ).fill_null(True)
+    keys = keys.with_columns(_email_differs(keys))
     # Only rows matched by email, rows whose email differs from the SSID's student, and rows
     # whose SSID is unknown (for the message) need the email index: usually a handful, so it
     # is built for those alone.
     keys = keys.with_columns(
         (
             (~_SSID_USED & pl.col("_email_ok"))
-            | (_FOUND_BY_SSID & email_differs)
+            | (_FOUND_BY_SSID & pl.col("_email_differs"))
             | (pl.col("_ssid_key").is_not_null() & ~_FOUND_BY_SSID & pl.col("_email_ok"))
         ).alias("_need")
     )
@@ -224,6 +227,21 @@ def _match_rows(
             | (~_SSID_USED & pl.col("_email_ok") & (pl.col("_email_count") != 1))
         ).alias("_unmatched"),
     )
+
+
+def _email_differs(keys: pl.DataFrame) -> pl.Series:
+    """Per row: it has a usable email that is not the stored one of the student its SSID
+    found, ignoring case. Only the rows that differ as given are lower-cased: a million rows
+    of emails lower-cased twice would cost two copies of the column."""
+    given = keys.select(
+        pl.col("_email_ok") & (pl.col("_email") != pl.col("_stored_email")).fill_null(True)
+    ).to_series()
+    rows = given.arg_true()
+    differ = keys.select(
+        pl.col("_email").gather(rows).str.to_lowercase()
+        != pl.col("_stored_email").gather(rows).str.to_lowercase()
+    ).to_series()
+    return given.scatter(rows.filter(~differ.fill_null(True)), False).alias("_email_differs")
 
 
 def _file_keys(normalized: pl.DataFrame, report_issues: pl.DataFrame) -> pl.DataFrame:

@@ -72,8 +72,10 @@ class Settings(BaseSettings):
         ge=0,
         description="A file modified more recently than this may still be uploading; left alone.",
     )
+    # A full file runs about 100-120 bytes a student: 1 GB leaves a 5-million-student
+    # district's 500-600 MB export room to grow (README, "Sizing").
     max_file_mb: float = Field(
-        default=512.0, gt=0, description="Files larger than this are rejected unread."
+        default=1024.0, gt=0, description="Files larger than this are rejected unread."
     )
     retention_days: float = Field(
         default=7.0,
