@@ -10,13 +10,18 @@ in the bench folder, or DEMOGRAPHICS_DATABASE_URL), then a second file where abo
 50 % so the 30 % file is applied rather than held (the hold itself is tested, not timed).
 
 Each run, with the table vacuumed before every timed step:
-- floor: COPY of the same file's rows into a temporary table plus one `UPDATE ... FROM` join
-  (by SSID, writing only rows whose values differ), in a transaction that is rolled back;
+- floor: COPY of the changed file's rows into a temporary table plus one `UPDATE ... FROM`
+  join (by SSID, writing only rows whose values differ), in a transaction rolled back;
 - preview: a fresh process reads, validates, matches and diffs the file (nothing written);
 - sync: a fresh process does the same and applies it: values, history rows, run record, commit;
-- undo of that sync (untimed for the ratio), so the next run starts from the same values.
-Times exclude Python's start-up and imports; peak RSS is the client process's.
-Prints each run, then the medians and the ratio sync / floor.
+- same file: the very same bytes synced again (told by their SHA-256, not read);
+- undo of that sync (untimed for the ratio), so the values are the base file's again;
+- nothing changed: new bytes (the base file with CRLF line ends) whose values are all stored:
+  read, validate, match, compare, and a run record; its run is deleted afterwards so the next
+  run meets it as new.
+Times exclude Python's start-up and imports. Every line gives the client's peak RSS and the
+WAL the step wrote (pg_current_wal_lsn before and after); `rows written` counts the demographic
+rows whose updated_at moved. The summary gives min / median / max over the runs.
 """
 
 from __future__ import annotations
@@ -152,6 +157,51 @@ def setup(folder: Path, students: int, share: float, seed: int, fresh: bool) -> 
     return url, changed
 
 
+def wal(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def rows_written_since(url: str, since: float) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM core.student_demographics WHERE updated_at >= to_timestamp(%s)",
+            (since,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def step(url: str, path: Path, mode: str) -> dict[str, float]:
+    """One child run, vacuumed before, with the WAL it wrote and the rows it rewrote."""
+    vacuum(url)
+    wal_before, wall = wal(url), time.time()
+    out = child(url, path, mode)
+    out["wal_mb"] = (wal(url) - wal_before) / 1e6
+    out["rows_written"] = rows_written_since(url, wall)
+    return out
+
+
+def crlf_copy(source: Path, target: Path) -> Path:
+    if not target.exists():
+        target.write_bytes(source.read_bytes().replace(b"\n", b"\r\n"))
+    return target
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def line(name: str, out: dict[str, float]) -> str:
+    return (
+        f"{name} {out['seconds']:.2f} s (status {out['status']}, {int(out['updated']):,} students, "
+        f"{int(out['values']):,} values, {int(out['rows_written']):,} rows written, "
+        f"WAL {out['wal_mb']:.1f} MB, peak RSS {out['rss_mb']:.0f} MB)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--students", type=int, default=1_000_000)
@@ -163,6 +213,7 @@ def main() -> None:
 
     folder = Path(tempfile.gettempdir()) / f"demographics-bench-sync-{args.students}"
     url, path = setup(folder, args.students, args.changed_share, args.seed, args.fresh)
+    same_values = crlf_copy(folder / "base.csv", folder / "base-crlf.csv")
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT district_id FROM core.districts WHERE code = %s", (DISTRICT,)
@@ -172,36 +223,45 @@ def main() -> None:
     size = path.stat().st_size / 1e6
     print(f"file: {path.name}, {args.students:,} rows, {size:.0f} MB")
 
-    floors, previews, syncs, rss = [], [], [], []
+    seen: dict[str, list[dict[str, float]]] = {}
+    floors: list[float] = []
     for n in range(1, args.runs + 1):
         vacuum(url)
+        wal_before = wal(url)
         floor_s, floor_rows = floor(url, path, district_id)
-        vacuum(url)
-        preview = child(url, path, "preview")
-        vacuum(url)
-        synced = child(url, path, "sync")
-        assert synced["status"] == "succeeded", synced
-        started = time.perf_counter()
+        floor_wal = (wal(url) - wal_before) / 1e6
+        floors.append(floor_s)
+        print(f"run {n}: floor {floor_s:.2f} s ({floor_rows:,} rows, WAL {floor_wal:.1f} MB)")
+        steps = {"preview": (path, "preview"), "sync": (path, "sync"), "same file": (path, "sync")}
+        for name, (source, mode) in steps.items():
+            seen.setdefault(name, []).append(step(url, source, mode))
+            print(f"run {n}: " + line(name, seen[name][-1]))
+        assert seen["sync"][-1]["status"] == "succeeded", seen["sync"][-1]
         from tasks.undo import undo_run
 
-        undo = undo_run(url, int(synced["run_id"]), "bench")
-        undo_s = time.perf_counter() - started
-        floors.append(floor_s)
-        previews.append(preview["seconds"])
-        syncs.append(synced["seconds"])
-        rss.append(max(preview["rss_mb"], synced["rss_mb"]))
+        started = time.perf_counter()
+        undo = undo_run(url, int(seen["sync"][-1]["run_id"]), "bench")
+        print(f"run {n}: undo {time.perf_counter() - started:.2f} s ({undo.restored:,} values)")
+        seen.setdefault("nothing changed", []).append(step(url, same_values, "sync"))
+        print(f"run {n}: " + line("nothing changed", seen["nothing changed"][-1]))
+        forget_run(url, int(seen["nothing changed"][-1]["run_id"]))
+    print(f"min / median / max over {args.runs} runs, {args.students:,} students:")
+    print(f"  floor: {spread(floors)} s")
+    for name, outs in seen.items():
+        seconds = [o["seconds"] for o in outs]
+        ratio = f", {statistics.median(seconds) / statistics.median(floors):.2f}x the floor"
         print(
-            f"run {n}: floor {floor_s:.2f} s ({floor_rows:,} rows updated) | "
-            f"preview {preview['seconds']:.2f} s | sync {synced['seconds']:.2f} s "
-            f"({synced['updated']:,} students, {synced['values']:,} values, "
-            f"peak RSS {synced['rss_mb']:.0f} MB) | undo {undo_s:.2f} s ({undo.restored:,})"
+            f"  {name}: {spread(seconds)} s{ratio if name == 'sync' else ''}; "
+            f"peak RSS {spread([o['rss_mb'] for o in outs])} MB; "
+            f"WAL {spread([o['wal_mb'] for o in outs])} MB"
         )
-    f, p, s = (statistics.median(x) for x in (floors, previews, syncs))
-    print(
-        f"median: floor {f:.2f} s, preview {p:.2f} s, sync {s:.2f} s end to end; "
-        f"sync / floor = {s / f:.2f}x (target <= 2.5x, ideal 1.5x); "
-        f"client peak RSS {max(rss):.0f} MB (target < 1500 MB)"
-    )
+
+
+def forget_run(url: str, run_id: int) -> None:
+    """The bench only: a run that changed nothing is deleted, so the next run's file is new."""
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM core.sync_runs WHERE same_as_run_id = %s", (run_id,))
+        conn.execute("DELETE FROM core.sync_runs WHERE run_id = %s", (run_id,))
 
 
 if __name__ == "__main__":

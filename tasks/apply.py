@@ -43,12 +43,17 @@ def apply_changes(
     cur.execute(_DELTA_TABLE)
     copy_frame(cur, "sync_delta", delta.select(STUDENT_ID, "has_row", *VALUE_COLUMNS))
     cur.execute("ANALYZE sync_delta")
+    # By key, in key order (a merge join over both primary keys): a hash join of a district's
+    # changes spills to disk, and at 1.5 million changed students of 5 million the UPDATE took
+    # 14.5 s hashed (8.5 s with 256 MB of work_mem) against 5.3 s merged; 1.2 vs 0.9 s at 0.3M.
+    cur.execute("SET LOCAL enable_hashjoin = off")
     cur.execute(
         sql.SQL(
             """UPDATE core.student_demographics d SET {}, updated_at = now()
             FROM sync_delta x WHERE x.has_row AND d.student_id = x.student_id"""
         ).format(_ASSIGN)
     )
+    cur.execute("SET LOCAL enable_hashjoin = on")
     cur.execute(
         sql.SQL(
             """INSERT INTO core.student_demographics (student_id, {0})
