@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/view.py [--students 1000000] [--runs 5] [--fresh]
 
-Why: `reporting.student_demographics` (sql/900_reporting_always.sql) computes the caller's
-scoped, masked rows as a MATERIALIZED CTE, so that no condition of the caller's is ever pushed
-below the scope check (EXPLAIN ANALYZE would otherwise tell things about other students). The
-price is that every query, even a lookup of one SSID, first reads the caller's whole scope.
-This measures that price for each kind of caller.
+Why: `reporting.student_demographics` (sql/900_reporting_always.sql) must not let a caller's
+condition tell anything of rows out of their scope (EXPLAIN ANALYZE). A school admin's and a
+teacher's scoped, masked rows are a MATERIALIZED CTE no condition of theirs reaches: each of
+their queries first reads their whole scope. A district admin's rows are read from the base
+tables with their conditions pushed down (the district fixed first, every column an
+expression no index or statistic has), so their lookup of one SSID need not read the district.
+This measures what each kind of caller pays against the base tables.
 
 Set-up: the bench district of bench/sync.py (its cached database and folder, same --fresh;
 the schema is upgraded), then the district admin is made a data manager, teachers are given
