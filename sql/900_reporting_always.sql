@@ -51,6 +51,11 @@
 --   - A condition that is not LEAKPROOF (a function of the caller's) stays above the barrier,
 --     as for everyone. Hence: never index these expressions or CREATE STATISTICS on them, and
 --     keep every column of this part such an expression of `st`.
+--   What a district admin's plan still shows of the base tables are figures no condition of
+--   theirs moves: table sizes, and the estimated share of one district and of active students
+--   (the materialized plan showed those too). A LEAKPROOF condition may be evaluated on
+--   another district's row before the district test of the same Filter: it cannot raise an
+--   error or show a value (that is what LEAKPROOF means), and the Filter's counts are the same.
 -- * `scoped` is built starting from the caller's scope (the students of the admin's schools;
 --   those of the teacher's classes), one branch per scope, so a teacher of 15 students reads
 --   15 students, not the district. The conditions that narrow it are the
