@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/view.py [--students 1000000] [--runs 5] [--fresh]
 
-Why: `reporting.student_demographics` (sql/900_reporting_always.sql) computes the caller's
-scoped, masked rows as a MATERIALIZED CTE, so that no condition of the caller's is ever pushed
-below the scope check (EXPLAIN ANALYZE would otherwise tell things about other students). The
-price is that every query, even a lookup of one SSID, first reads the caller's whole scope.
-This measures that price for each kind of caller.
+Why: `reporting.student_demographics` (sql/900_reporting_always.sql) must not let a caller's
+condition tell anything of rows out of their scope (EXPLAIN ANALYZE). A school admin's and a
+teacher's scoped, masked rows are a MATERIALIZED CTE no condition of theirs reaches: each of
+their queries first reads their whole scope. A district admin's rows are read from the base
+tables with their conditions pushed down (the district fixed first, every column an
+expression no index or statistic has), so their lookup of one SSID need not read the district.
+This measures what each kind of caller pays against the base tables.
 
 Set-up: the bench district of bench/sync.py (its cached database and folder, same --fresh;
 the schema is upgraded), then the district admin is made a data manager, teachers are given
@@ -20,7 +22,9 @@ and gender (GROUP BY); and a full export (`COPY (SELECT * ...) TO STDOUT`, read 
 The floor: the same four queries as the application's (super)user, straight on the base tables
 (core.students JOIN core.student_demographics, with core.schools for the school), restricted to
 the same students by a plain join (the district; the admin's schools; the teacher's classes).
-Prints, per caller and query: rows in scope, the view's and the floor's medians, and the ratio.
+Prints, per caller and query: rows in scope, the view's and the floor's median (min-max) over
+--runs (at least 3), and the ratio of the medians. On a shared machine the figures are noisy:
+compare the ranges, not one run.
 """
 
 from __future__ import annotations
@@ -195,9 +199,11 @@ def ratio(x: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--students", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per query (median)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per query (at least 3)")
     parser.add_argument("--fresh", action="store_true", help="rebuild the bench database")
     args = parser.parse_args()
+    if args.runs < 3:
+        parser.error("--runs: at least 3 (min, median and max of one run say nothing)")
 
     folder = Path(tempfile.gettempdir()) / f"demographics-bench-sync-{args.students}"
     url, _changed = setup(folder, args.students, 0.3, 11, args.fresh)  # bench/sync.py defaults
@@ -256,12 +262,14 @@ def main() -> None:
                 revoke_manager(conn, DISTRICT, manager, BY)
 
     print()
-    header = f"{'caller':<15} {'rows in scope':>13}  {'query':<7} {'view s (min-max)':>24}"
-    print(header + f"  {'floor s':>9}  {'view/floor':>10}  returned")
+    print(f"seconds, median (min-max) of {args.runs} runs; ratio: view/floor of the medians")
+    header = f"{'caller':<15} {'rows in scope':>13}  {'query':<7} {'view s':>24}"
+    print(header + f"  {'floor s':>24}  {'ratio':>7}  returned")
     for caller, view, base in results:
         for name in QUERIES:
             v, f = view[name], base[name]
             spread = f"{v.median:.4f} ({v.low:.4f}-{v.high:.4f})"
+            floor = f"{f.median:.4f} ({f.low:.4f}-{f.high:.4f})"
             shown = {
                 "count": f"{v.result:,}",
                 "ssid": f"{v.result} row",
@@ -270,7 +278,7 @@ def main() -> None:
             }[name]
             print(
                 f"{caller.label:<15} {view['count'].result:>13,}  {name:<7} {spread:>24}  "
-                f"{f.median:>9.4f}  {ratio(v.median / f.median):>10}  {shown}"
+                f"{floor:>24}  {ratio(v.median / f.median):>7}  {shown}"
             )
 
 

@@ -26,13 +26,39 @@
 --   function of the caller's in WHERE only ever sees rows, and masked values, of their scope.
 -- * A LEAKPROOF condition (text and timestamp comparisons are) would still be pushed down to
 --   the base tables, below the scope check: EXPLAIN ANALYZE's row counts would then tell
---   whether some student of any district has, say, an SSID >= '5'. So the scoped, masked rows
---   are a MATERIALIZED CTE (`scoped`): no condition of the caller's is ever pushed into it,
---   and the planner has no column statistics for a CTE's output, so even the caller's row
---   estimates say nothing about the base tables. Every caller's condition runs on `scoped`.
--- * `scoped` is built starting from the caller's scope (the district's students; those of the
---   admin's schools; those of the teacher's classes), one branch per scope, so a teacher of 15
---   students reads 15 students, not the district. The conditions that narrow it are the
+--   whether some student of any district has, say, an SSID >= '5'; and its row estimates,
+--   made from the base tables' statistics (histograms of every district's SSIDs, emails,
+--   names), would tell as much. So a school admin's and a teacher's scoped, masked rows are a
+--   MATERIALIZED CTE (`scoped`): no condition of the caller's is ever pushed into it, and the
+--   planner has no column statistics for a CTE's output. Their conditions run on `scoped`.
+-- * A district admin's rows are not materialized (that read the whole district for a lookup of
+--   one SSID): the view's second part reads them from the base tables, and their LEAKPROOF
+--   conditions are pushed down there. It stays closed because:
+--   - Their district is a constant before any row is read: `$1`, an InitPlan over `caller`
+--     (NULL for anyone else, and anyone else is kept out of this part by a one-time filter).
+--     `st.district_id = $1 AND st.active` is a condition on core.students alone, so it is
+--     checked in the scan of core.students itself (index condition or Filter).
+--   - Every column of this part is `CASE WHEN st.active THEN <column> END`, never a bare
+--     column. So a condition on any column needs the student's row: it is evaluated in the
+--     scan of core.students, in the same Filter as the scope check (a row out of scope is
+--     removed there whatever the condition says, so no count depends on it), or above that
+--     scan, on rows in scope only; never in a scan of schools, values or districts alone. No
+--     index has these expressions, so a caller's condition is never an index condition (which
+--     would find out-of-scope rows before the scope check removes them: the index on
+--     (district_id, sourced_id) and an inactive student's sourcedId, say). And there are no
+--     statistics on these expressions: the caller's conditions are estimated with the
+--     planner's fixed defaults, never with a base table's histogram.
+--   - A condition that is not LEAKPROOF (a function of the caller's) stays above the barrier,
+--     as for everyone. Hence: never index these expressions or CREATE STATISTICS on them, and
+--     keep every column of this part such an expression of `st`.
+--   What a district admin's plan still shows of the base tables are figures no condition of
+--   theirs moves: table sizes, and the estimated share of one district and of active students
+--   (the materialized plan showed those too). A LEAKPROOF condition may be evaluated on
+--   another district's row before the district test of the same Filter: it cannot raise an
+--   error or show a value (that is what LEAKPROOF means), and the Filter's counts are the same.
+-- * `scoped` is built starting from the caller's scope (the students of the admin's schools;
+--   those of the teacher's classes), one branch per scope, so a teacher of 15 students reads
+--   15 students, not the district. The conditions that narrow it are the
 --   view's own, never the caller's, and they are all inside `scoped`: starting from the scope
 --   only applies the scope check earlier, the caller's conditions still run on `scoped` alone,
 --   and the argument above holds unchanged. (The caller's row and the fields they see are
@@ -173,13 +199,9 @@ scoped AS MATERIALIZED (  -- never inline this: see "A LEAKPROOF condition" abov
         -- reaches these base tables and "A LEAKPROOF condition" above holds as it did.
         -- Each branch tests the caller's scope before reading anything (a one-time filter),
         -- so only the caller's branch runs, and it yields each student once: UNION ALL,
-        -- with DISTINCT where a student can be reached twice.
+        -- with DISTINCT where a student can be reached twice. A district admin's students are
+        -- not here but in the view's second part ("The whole district" below).
         --
-        -- A district admin: every active student of the district.
-        SELECT r.*
-        FROM student_row r
-        WHERE c.scope = 'district' AND r.district_id = c.district_id AND r.active
-        UNION ALL
         -- A school admin: the active students of the district whose (first) school is one
         -- of their listed schools that is active (core.staff_schools has one row per person
         -- and school).
@@ -210,10 +232,57 @@ scoped AS MATERIALIZED (  -- never inline this: see "A LEAKPROOF condition" abov
     ) r
     WHERE cardinality(c.fields) > 0  -- a teacher with no field enabled sees no rows
 )
+-- One row per student the caller may see, from one of two parts: a school admin's or teacher's
+-- materialized rows, or a district admin's read from the base tables. A plain SELECT over the
+-- two (not the UNION ALL itself), so that the planner drops the columns a query does not use
+-- and, with them, the joins that only feed them: a district admin's count(*) reads
+-- core.students alone.
 SELECT district_code, school_sourced_id, student_sourced_id, ssid, email, given_name,
        family_name, gender, ethnicity, race, english_learner, migrant, gifted_learner,
        special_ed, sed, homeless, foster, demographics_updated_at
-FROM scoped;
+FROM (
+    SELECT district_code, school_sourced_id, student_sourced_id, ssid, email, given_name,
+           family_name, gender, ethnicity, race, english_learner, migrant, gifted_learner,
+           special_ed, sed, homeless, foster, demographics_updated_at
+    FROM scoped
+    UNION ALL
+    -- The whole district: a district admin's rows, read from the base tables with the caller's
+    -- leakproof conditions pushed down to them (why that leaks nothing: "A district admin's rows"
+    -- above). All ten fields, no masking: a district admin sees every field. The test of the
+    -- caller's scope (a one-time filter) stands outside `district`, which the planner keeps a
+    -- subquery of its own (it has a WITH), so that it runs before anything inside: a parallel
+    -- plan's workers are started for a district admin only, never for a teacher's lookup.
+    SELECT *
+    FROM (
+        WITH their_district AS MATERIALIZED (  -- none unless the caller is a district admin
+            SELECT c.district_id FROM caller c WHERE c.scope = 'district'
+        )
+        SELECT CASE WHEN st.active THEN d.code END AS district_code,
+               CASE WHEN st.active THEN sc.sourced_id END AS school_sourced_id,
+               CASE WHEN st.active THEN st.sourced_id END AS student_sourced_id,
+               CASE WHEN st.active THEN st.ssid END AS ssid,
+               CASE WHEN st.active THEN st.email END AS email,
+               CASE WHEN st.active THEN st.given_name END AS given_name,
+               CASE WHEN st.active THEN st.family_name END AS family_name,
+               CASE WHEN st.active THEN v.gender END AS gender,
+               CASE WHEN st.active THEN v.ethnicity END AS ethnicity,
+               CASE WHEN st.active THEN v.race END AS race,
+               CASE WHEN st.active THEN v.english_learner END AS english_learner,
+               CASE WHEN st.active THEN v.migrant END AS migrant,
+               CASE WHEN st.active THEN v.gifted_learner END AS gifted_learner,
+               CASE WHEN st.active THEN v.special_ed END AS special_ed,
+               CASE WHEN st.active THEN v.sed END AS sed,
+               CASE WHEN st.active THEN v.homeless END AS homeless,
+               CASE WHEN st.active THEN v.foster END AS foster,
+               CASE WHEN st.active THEN v.updated_at END AS demographics_updated_at
+        FROM core.students st
+        JOIN core.districts d ON d.district_id = st.district_id
+        LEFT JOIN core.schools sc ON sc.school_id = st.school_id
+        LEFT JOIN core.student_demographics v ON v.student_id = st.student_id
+        WHERE st.district_id = (SELECT t.district_id FROM their_district t) AND st.active
+    ) district
+    WHERE EXISTS (SELECT FROM caller c WHERE c.scope = 'district')
+) seen;
 
 COMMENT ON VIEW reporting.student_demographics IS
     'Students the caller (current_user, a login of demographics access sql-login) may see; '

@@ -447,10 +447,10 @@ $$
 def test_a_callers_own_function_in_where_sees_only_their_rows(world: World) -> None:
     """The barrier, proven with TEMP granted to the caller (the schema revokes it from all)."""
     world.teacher_fields("gender")
-    teacher, school = world.login("t1"), world.login("sadm")
+    teacher, school, district = world.login("t1"), world.login("sadm"), world.login("adm")
     database = psycopg.conninfo.conninfo_to_dict(world.url)["dbname"]
     with psycopg.connect(world.url, autocommit=True) as owner:
-        for role in (teacher, school):
+        for role in (teacher, school, district):
             owner.execute(
                 sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(
                     sql.Identifier(str(database)), sql.Identifier(role)
@@ -471,6 +471,9 @@ def test_a_callers_own_function_in_where_sees_only_their_rows(world: World) -> N
     cases = (
         (teacher, ids(OA, "st1", "st2"), {"gender"}),
         (school, ids(OA, "st1", "st2", "st3"), ALL),
+        # The district admin's rows come from the base tables, with their leakproof
+        # conditions pushed down: this function is not leakproof, so it stays above the view.
+        (district, ids(OA, "st1", "st2", "st3", "st4", "st5"), ALL),
     )
     everyone = {f"{org}-{s}" for org in (OA, OB) for s in STUDENTS}
     for role, scope, fields in cases:
@@ -521,7 +524,7 @@ def test_explain_analyze_tells_nothing_of_a_student_out_of_scope(world: World) -
     has, say, an SSID >= some bound, and so the SSID itself, by halving. For a row out of
     scope, a condition that holds and one that does not must give the same plan."""
     world.teacher_fields("gender")
-    teacher, admin = world.login("t1"), world.login("adm")
+    teacher, admin, school = world.login("t1"), world.login("adm"), world.login("sadm")
     with psycopg.connect(world.url, autocommit=True) as owner:  # statistics, as in production
         owner.execute("ANALYZE core.students, core.student_demographics, core.staff")
     cases = (  # (who asks, whose row, column, a bound that holds for it, one that does not)
@@ -530,6 +533,18 @@ def test_explain_analyze_tells_nothing_of_a_student_out_of_scope(world: World) -
         (admin, f"{OB}-st2", "family_name", "st2", "st2~"),
         (teacher, f"{OA}-st4", "demographics_updated_at", "-infinity", "infinity"),
         (admin, f"{OB}-st3", "demographics_updated_at", "-infinity", "infinity"),
+        # The district admin's conditions reach the base tables (the view's second part):
+        # a column of every table it reads, another district's row and their own district's
+        # inactive student (st6, out of scope too).
+        (admin, f"{OB}-st1", "ssid", ssid(OB, "st1"), ssid(OB, "st1") + "0"),
+        (admin, f"{OA}-st6", "ssid", ssid(OA, "st6"), ssid(OA, "st6") + "0"),
+        (admin, f"{OA}-st6", "email", email(OA, "st6"), email(OA, "st6") + "~"),
+        (admin, f"{OB}-st1", "school_sourced_id", f"{OB}-s1", f"{OB}-s1~"),
+        (admin, f"{OB}-st1", "race", f"R-{OB}-st1", f"R-{OB}-st1~"),
+        (admin, f"{OB}-st1", "district_code", B, B + "~"),
+        (school, f"{OA}-st4", "ssid", ssid(OA, "st4"), ssid(OA, "st4") + "0"),
+        (school, f"{OA}-st6", "family_name", "st6", "st6~"),
+        (school, f"{OB}-st2", "race", f"R-{OB}-st2", f"R-{OB}-st2~"),
     )
     for role, student, column, holds, fails in cases:
         where = f"student_sourced_id = '{student}' AND {column} >= {{}}"
@@ -540,10 +555,12 @@ def test_explain_analyze_tells_nothing_of_a_student_out_of_scope(world: World) -
                 assert conn.execute(query + sql.SQL(where).format(bound)).fetchall() == []
         assert plans[0] == plans[1], (column, student)
     # The comparison can see a difference: for a row in scope, the two plans differ.
-    with world.connect(teacher) as conn:
-        where = f"student_sourced_id = '{OA}-st1' AND ssid >= {{}}"
-        mine = [_plan_nodes(conn, where, b) for b in (ssid(OA, "st1"), ssid(OA, "st1") + "0")]
-        assert mine[0] != mine[1]
+    for role in (teacher, admin, school):
+        with world.connect(role) as conn:
+            where = f"student_sourced_id = '{OA}-st1' AND ssid >= {{}}"
+            bounds = (ssid(OA, "st1"), ssid(OA, "st1") + "0")
+            mine = [_plan_nodes(conn, where, b) for b in bounds]
+            assert mine[0] != mine[1], role
 
 
 def test_the_planners_estimates_come_from_no_statistics_of_the_base_tables(
@@ -574,6 +591,47 @@ def test_the_planners_estimates_come_from_no_statistics_of_the_base_tables(
                 for b in bounds
             }
             assert len(estimates) == 1, (column, estimates)
+
+
+def test_a_district_admins_conditions_reach_the_base_tables_and_tell_nothing_out_of_scope(
+    world: World,
+) -> None:
+    """A district admin's rows are read from the base tables with their conditions pushed down
+    (a lookup reads one student row, not the district), yet rows out of scope change nothing
+    in the plan: 3,000 inactive students of their own district and 3,000 active ones of
+    another, with sourcedIds an index of core.students ((district_id, sourced_id)) holds."""
+    admin = world.login("adm")
+    with psycopg.connect(world.url, autocommit=True) as owner:
+        owner.execute(
+            """INSERT INTO core.students
+                   (district_id, sourced_id, ssid, email, family_name, active)
+               SELECT d.district_id, 'bulk-' || i, 'B' || lpad(i::text, 9, '0'),
+                      'bulk' || i || '@x.example.org', 'name' || i, d.code = %s
+               FROM core.districts d, generate_series(1, 3000) i""",
+            (B,),
+        )
+        owner.execute("ANALYZE core.students, core.student_demographics, core.staff")
+    mine = ids(OA, "st1", "st2", "st3", "st4", "st5")
+    cases = (  # (condition, a bound that holds for bulk rows, one that holds for none, seen)
+        ("student_sourced_id >= {}", "bulk-", "bulk.", mine),
+        ("student_sourced_id = {}", "bulk-1500", "bulk-15000", set()),
+        ("ssid = {}", "B000001500", "B00000150x", set()),
+        ("email >= {} AND email < 'c'", "bulk1", "bulk~", set()),
+        ("family_name < {}", "name2", "name", set()),
+    )
+    with world.connect(admin) as conn:
+        assert set(visible(conn)) == mine
+        for where, holds, fails, seen in cases:
+            plans = [_plan_nodes(conn, where, bound) for bound in (holds, fails)]
+            assert plans[0] == plans[1], where
+            for bound in (holds, fails):
+                query = sql.SQL("SELECT student_sourced_id FROM reporting.student_demographics ")
+                rows = conn.execute(query + sql.SQL("WHERE " + where).format(bound)).fetchall()
+                assert {r[0] for r in rows} == seen, (where, bound)
+        # The lookup reaches core.students: its scan returns the one student, not the district.
+        nodes = _plan_nodes(conn, "ssid = {}", ssid(OA, "st3"))
+        students = [n for n in nodes if n.get("Relation Name") == "students" and n["Actual Loops"]]
+        assert students and all(n["Actual Rows"] == 1 for n in students), students
 
 
 def test_a_teacher_or_school_admin_reads_their_scope_not_the_whole_district(
