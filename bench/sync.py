@@ -190,15 +190,16 @@ def crlf_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def spread(values: list[float]) -> str:
-    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+def spread(values: list[float], digits: int = 2) -> str:
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{low:.{digits}f} / {mid:.{digits}f} / {high:.{digits}f}"
 
 
 def line(name: str, out: dict[str, float]) -> str:
     return (
         f"{name} {out['seconds']:.2f} s (status {out['status']}, {int(out['updated']):,} students, "
         f"{int(out['values']):,} values, {int(out['rows_written']):,} rows written, "
-        f"WAL {out['wal_mb']:.1f} MB, peak RSS {out['rss_mb']:.0f} MB)"
+        f"WAL {out['wal_mb']:.3f} MB, peak RSS {out['rss_mb']:.0f} MB)"
     )
 
 
@@ -252,8 +253,8 @@ def main() -> None:
         ratio = f", {statistics.median(seconds) / statistics.median(floors):.2f}x the floor"
         print(
             f"  {name}: {spread(seconds)} s{ratio if name == 'sync' else ''}; "
-            f"peak RSS {spread([o['rss_mb'] for o in outs])} MB; "
-            f"WAL {spread([o['wal_mb'] for o in outs])} MB"
+            f"peak RSS {spread([o['rss_mb'] for o in outs], 0)} MB; "
+            f"WAL {spread([o['wal_mb'] for o in outs], 3)} MB"
         )
 
 
