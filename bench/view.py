@@ -6,8 +6,9 @@ Why: `reporting.student_demographics` (sql/900_reporting_always.sql) must not le
 condition tell anything of rows out of their scope (EXPLAIN ANALYZE). A school admin's and a
 teacher's scoped, masked rows are a MATERIALIZED CTE no condition of theirs reaches: each of
 their queries first reads their whole scope. A district admin's rows are read from the base
-tables with their conditions pushed down (the district fixed first, every column an
-expression no index or statistic has), so their lookup of one SSID need not read the district.
+tables with their conditions pushed down (the district fixed first, every column NULL out of
+scope, an expression no index or statistic has), so their lookup of one SSID need not read the
+district.
 This measures what each kind of caller pays against the base tables.
 
 Set-up: the bench district of bench/sync.py (its cached database and folder, same --fresh;

@@ -32,30 +32,47 @@
 --   MATERIALIZED CTE (`scoped`): no condition of the caller's is ever pushed into it, and the
 --   planner has no column statistics for a CTE's output. Their conditions run on `scoped`.
 -- * A district admin's rows are not materialized (that read the whole district for a lookup of
---   one SSID): the view's second part reads them from the base tables, and their LEAKPROOF
---   conditions are pushed down there. It stays closed because:
---   - Their district is a constant before any row is read: `$1`, an InitPlan over `caller`
---     (NULL for anyone else, and anyone else is kept out of this part by a one-time filter).
---     `st.district_id = $1 AND st.active` is a condition on core.students alone, so it is
---     checked in the scan of core.students itself (index condition or Filter).
---   - Every column of this part is `CASE WHEN st.active THEN <column> END`, never a bare
---     column. So a condition on any column needs the student's row: it is evaluated in the
---     scan of core.students, in the same Filter as the scope check (a row out of scope is
---     removed there whatever the condition says, so no count depends on it), or above that
---     scan, on rows in scope only; never in a scan of schools, values or districts alone. No
---     index has these expressions, so a caller's condition is never an index condition (which
---     would find out-of-scope rows before the scope check removes them: the index on
---     (district_id, sourced_id) and an inactive student's sourcedId, say). And there are no
---     statistics on these expressions: the caller's conditions are estimated with the
---     planner's fixed defaults, never with a base table's histogram.
+--   one SSID): the view's second part reads them from the base tables, and those of their
+--   conditions PostgreSQL deems LEAKPROOF are pushed down there, into the scans and joins of
+--   those tables, where they are ordered among the view's own conditions by cost alone. That
+--   is no guarantee: an expression with no function call in it (CASE, ARRAY[...], IS NULL,
+--   IS TRUE) counts as leakproof, yet `ARRAY[ARRAY[x], ARRAY[x, x]]` raises when evaluated (and
+--   a large ARRAY takes time), so `CASE WHEN ssid = '...' THEN <that> IS NULL ELSE false END`
+--   raises exactly when it meets a matching row. And whether a caller's condition or the
+--   district test runs first on a row is the planner's choice, which moves with settings any
+--   login may change (enable_*, cpu_operator_cost, random_page_cost, parallel plans): with the
+--   district test generated late, from the equivalence class, a one-operator condition ran
+--   first on every district's rows in a seq scan, and told whether any active student of any
+--   district had a given SSID (or prefix). So this part never relies on that order:
+--   - The scope is one expression of the student's row, `in_scope`: `st.active AND
+--     st.district_id = (SELECT district_id FROM their_district)`. The district is a constant
+--     before any row is read (an InitPlan over `caller`, run once; NULL for anyone but a
+--     district admin, who are also kept out of this part by a one-time filter). It cannot fail
+--     and costs one comparison. (PostgreSQL copies the expression, InitPlan included, to each
+--     place it is used: the plan shows one InitPlan per use, each run once per query on the
+--     one row of `their_district`, all giving the same value.)
+--   - Every column of this part is `CASE WHEN st.in_scope THEN <column> END`, never a bare
+--     column, those of schools, values and districts too. A caller's condition can only name
+--     the view's columns, so wherever and in whatever order the planner evaluates it (in the
+--     Filter of core.students before the district test, in a join, in a parallel worker,
+--     compiled by JIT), on a row out of scope it sees NULL in every column: it computes the
+--     same thing on every such row, whatever the row holds. Planner settings decide where and
+--     when an expression is evaluated, never what it evaluates to, so none of them opens this.
+--     What the caller can still learn is how many rows out of scope their condition met (by
+--     its time, or an error on all-NULL columns), which is the plan's doing and the table's
+--     size: the figures below, that a plan shows anyway.
+--   - The WHERE is `st.in_scope` itself, a condition on core.students alone, checked in its
+--     scan (index condition or Filter). No index has the CASE expressions, so a caller's
+--     condition is never an index condition (which would find rows out of scope before the
+--     scope check removes them); and there are no statistics on them: the caller's conditions
+--     are estimated with the planner's fixed defaults, never with a base table's histogram.
 --   - A condition that is not LEAKPROOF (a function of the caller's) stays above the barrier,
 --     as for everyone. Hence: never index these expressions or CREATE STATISTICS on them, and
---     keep every column of this part such an expression of `st`.
+--     keep every column of this part `CASE WHEN st.in_scope THEN ... END` (tests/test_access.py
+--     probes every column, as each kind of caller, under settings that reorder conditions).
 --   What a district admin's plan still shows of the base tables are figures no condition of
 --   theirs moves: table sizes, and the estimated share of one district and of active students
---   (the materialized plan showed those too). A LEAKPROOF condition may be evaluated on
---   another district's row before the district test of the same Filter: it cannot raise an
---   error or show a value (that is what LEAKPROOF means), and the Filter's counts are the same.
+--   (the materialized plan showed those too).
 -- * `scoped` is built starting from the caller's scope (the students of the admin's schools;
 --   those of the teacher's classes), one branch per scope, so a teacher of 15 students reads
 --   15 students, not the district. The conditions that narrow it are the
@@ -247,8 +264,8 @@ FROM (
     FROM scoped
     UNION ALL
     -- The whole district: a district admin's rows, read from the base tables with the caller's
-    -- leakproof conditions pushed down to them (why that leaks nothing: "A district admin's rows"
-    -- above). All ten fields, no masking: a district admin sees every field. The test of the
+    -- leakproof conditions pushed down to them, every column NULL out of scope (why that leaks
+    -- nothing, under any planner setting: "A district admin's rows" above). All ten fields, no masking: a district admin sees every field. The test of the
     -- caller's scope (a one-time filter) stands outside `district`, which the planner keeps a
     -- subquery of its own (it has a WITH), so that it runs before anything inside: a parallel
     -- plan's workers are started for a district admin only, never for a teacher's lookup.
@@ -257,29 +274,34 @@ FROM (
         WITH their_district AS MATERIALIZED (  -- none unless the caller is a district admin
             SELECT c.district_id FROM caller c WHERE c.scope = 'district'
         )
-        SELECT CASE WHEN st.active THEN d.code END AS district_code,
-               CASE WHEN st.active THEN sc.sourced_id END AS school_sourced_id,
-               CASE WHEN st.active THEN st.sourced_id END AS student_sourced_id,
-               CASE WHEN st.active THEN st.ssid END AS ssid,
-               CASE WHEN st.active THEN st.email END AS email,
-               CASE WHEN st.active THEN st.given_name END AS given_name,
-               CASE WHEN st.active THEN st.family_name END AS family_name,
-               CASE WHEN st.active THEN v.gender END AS gender,
-               CASE WHEN st.active THEN v.ethnicity END AS ethnicity,
-               CASE WHEN st.active THEN v.race END AS race,
-               CASE WHEN st.active THEN v.english_learner END AS english_learner,
-               CASE WHEN st.active THEN v.migrant END AS migrant,
-               CASE WHEN st.active THEN v.gifted_learner END AS gifted_learner,
-               CASE WHEN st.active THEN v.special_ed END AS special_ed,
-               CASE WHEN st.active THEN v.sed END AS sed,
-               CASE WHEN st.active THEN v.homeless END AS homeless,
-               CASE WHEN st.active THEN v.foster END AS foster,
-               CASE WHEN st.active THEN v.updated_at END AS demographics_updated_at
-        FROM core.students st
+        SELECT CASE WHEN st.in_scope THEN d.code END AS district_code,
+               CASE WHEN st.in_scope THEN sc.sourced_id END AS school_sourced_id,
+               CASE WHEN st.in_scope THEN st.sourced_id END AS student_sourced_id,
+               CASE WHEN st.in_scope THEN st.ssid END AS ssid,
+               CASE WHEN st.in_scope THEN st.email END AS email,
+               CASE WHEN st.in_scope THEN st.given_name END AS given_name,
+               CASE WHEN st.in_scope THEN st.family_name END AS family_name,
+               CASE WHEN st.in_scope THEN v.gender END AS gender,
+               CASE WHEN st.in_scope THEN v.ethnicity END AS ethnicity,
+               CASE WHEN st.in_scope THEN v.race END AS race,
+               CASE WHEN st.in_scope THEN v.english_learner END AS english_learner,
+               CASE WHEN st.in_scope THEN v.migrant END AS migrant,
+               CASE WHEN st.in_scope THEN v.gifted_learner END AS gifted_learner,
+               CASE WHEN st.in_scope THEN v.special_ed END AS special_ed,
+               CASE WHEN st.in_scope THEN v.sed END AS sed,
+               CASE WHEN st.in_scope THEN v.homeless END AS homeless,
+               CASE WHEN st.in_scope THEN v.foster END AS foster,
+               CASE WHEN st.in_scope THEN v.updated_at END AS demographics_updated_at
+        FROM (
+            -- The test of the scope, once: the WHERE below, and the guard of every column.
+            SELECT s.*, s.active AND s.district_id = (SELECT t.district_id FROM their_district t)
+                        AS in_scope
+            FROM core.students s
+        ) st
         JOIN core.districts d ON d.district_id = st.district_id
         LEFT JOIN core.schools sc ON sc.school_id = st.school_id
         LEFT JOIN core.student_demographics v ON v.student_id = st.student_id
-        WHERE st.district_id = (SELECT t.district_id FROM their_district t) AND st.active
+        WHERE st.in_scope
     ) district
     WHERE EXISTS (SELECT FROM caller c WHERE c.scope = 'district')
 ) seen;

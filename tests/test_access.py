@@ -634,6 +634,168 @@ def test_a_district_admins_conditions_reach_the_base_tables_and_tell_nothing_out
         assert students and all(n["Actual Rows"] == 1 for n in students), students
 
 
+# Settings any login may change, each moving where, or in what order, the planner evaluates a
+# caller's condition: no index or bitmap scan (core.students read whole, every district's
+# rows through one Filter); every condition costing the same (cpu_operator_cost = 0: the order
+# is then the order of the list) or operators dear against tuples; index scans only (the
+# district's index: the caller's condition then meets their district's inactive students);
+# each kind of join; a parallel plan (the Filter evaluated in workers); JIT-compiled
+# expressions.
+PLANNER_SETTINGS: tuple[dict[str, str], ...] = (
+    {"enable_indexscan": "off", "enable_bitmapscan": "off"},
+    {"enable_indexscan": "off", "enable_bitmapscan": "off", "cpu_operator_cost": "0"},
+    {
+        "enable_indexscan": "off",
+        "enable_bitmapscan": "off",
+        "cpu_operator_cost": "1000",
+        "cpu_tuple_cost": "0",
+    },
+    {"enable_seqscan": "off", "enable_bitmapscan": "off", "random_page_cost": "0"},
+    {
+        "enable_indexscan": "off",
+        "enable_bitmapscan": "off",
+        "enable_hashjoin": "off",
+        "enable_mergejoin": "off",
+    },
+    {
+        "enable_indexscan": "off",
+        "enable_bitmapscan": "off",
+        "enable_hashjoin": "off",
+        "enable_nestloop": "off",
+    },
+    {
+        "enable_indexscan": "off",
+        "enable_bitmapscan": "off",
+        "debug_parallel_query": "on",
+        "parallel_setup_cost": "0",
+        "parallel_tuple_cost": "0",
+        "min_parallel_table_scan_size": "0",
+    },
+    {"enable_indexscan": "off", "enable_bitmapscan": "off", "jit": "on", "jit_above_cost": "0"},
+)
+# The probe of the review (a leakproof expression that raises, depending on the data): were
+# a condition evaluated on a row out of scope with that row's values, whether the query fails
+# would say whether some student out of scope has them (an SSID, or one by prefix).
+PROBES = (
+    "SELECT count(*) FROM reporting.student_demographics WHERE CASE WHEN {cond} "
+    "THEN ARRAY[ARRAY[{col}], ARRAY[{col}, {col}]] IS NULL ELSE false END",
+    "SELECT * FROM reporting.student_demographics WHERE CASE WHEN {cond} "
+    "THEN ARRAY[ARRAY[{col}], ARRAY[{col}, {col}]] IS NULL ELSE false END",
+)
+FLAGS = COLUMNS[10:17]
+
+
+def _probe(conn: psycopg.Connection, column: str, cond: str) -> list[list[Any]]:
+    return [
+        conn.execute(sql.SQL(p.format(cond=cond, col=column))).fetchall()  # type: ignore[arg-type]
+        for p in PROBES
+    ]
+
+
+def test_no_setting_lets_a_condition_see_a_value_out_of_scope(world: World) -> None:
+    """The review's attack: `CASE WHEN ssid = '...' THEN ARRAY[ARRAY[ssid], ARRAY[ssid, ssid]]
+    IS NULL ELSE false END` is LEAKPROOF for PostgreSQL (no function in it) and so is pushed
+    down to a district admin's base tables, yet it raises when evaluated on a matching row.
+    Under every planner setting a login may change, for every kind of caller, a condition on
+    any column that matches only a row out of scope (another district's active student, their
+    own district's inactive one, for a teacher or school admin a student of the district not
+    theirs) raises nothing and returns what a condition matching no row at all returns; the
+    same probe on a row in scope does raise, so this test can fail."""
+    world.teacher_fields(*FIELDS)  # the teacher sees every column: every column is probed
+    roles = {"district": world.login("adm"), "school": world.login("sadm"), "t": world.login("t1")}
+    stamp = "2001-02-03 04:05:06+00"
+    with psycopg.connect(world.url, autocommit=True) as owner:
+        # Values no row in anyone's scope has (flags the other way round, a time of their own).
+        owner.execute(
+            """UPDATE core.students
+               SET given_name = 'Given-' || sourced_id, family_name = 'Family-' || sourced_id
+               WHERE sourced_id IN (%s, %s)""",
+            (f"{OB}-st1", f"{OA}-st6"),
+        )
+        owner.execute(
+            """UPDATE core.student_demographics v
+               SET gender = 'G-B', ethnicity = 'E-B', english_learner = NOT english_learner,
+                   migrant = NOT migrant, gifted_learner = NOT gifted_learner,
+                   special_ed = NOT special_ed, sed = NOT sed, homeless = NOT homeless,
+                   foster = NOT foster, updated_at = %s
+               FROM core.students st
+               WHERE st.student_id = v.student_id AND st.sourced_id = %s""",
+            (stamp, f"{OB}-st1"),
+        )
+        flags_b = owner.execute(
+            sql.SQL(
+                "SELECT {} FROM core.student_demographics v JOIN core.students st "
+                "USING (student_id) WHERE st.sourced_id = %s"
+            ).format(sql.SQL(", ").join(map(sql.Identifier, FLAGS))),
+            (f"{OB}-st1",),
+        ).fetchone()
+        owner.execute("ANALYZE core.students, core.student_demographics")
+    assert flags_b is not None
+
+    def text(column: str, value: str) -> tuple[str, str, str]:
+        return (column, f"{column} = {sql.quote(value)}", f"{column} = {sql.quote(value + '~')}")
+
+    def identity(org: str, who: str) -> list[tuple[str, str, str]]:
+        return [
+            text("student_sourced_id", f"{org}-{who}"),
+            text("ssid", ssid(org, who)),
+            text("email", email(org, who)),
+            text("family_name", f"Family-{org}-{who}"),
+            text("given_name", f"Given-{org}-{who}"),
+        ]
+
+    # (column, a condition that holds only for the row out of scope, one that holds for none)
+    other_district = [
+        *identity(OB, "st1"),
+        text("district_code", B),
+        text("school_sourced_id", f"{OB}-s1"),
+        text("gender", "G-B"),
+        text("ethnicity", "E-B"),
+        text("race", f"R-{OB}-st1"),
+        # No operator at all (IS TRUE / IS FALSE cost nothing): first in any Filter.
+        *(
+            (f, f"{f} IS {bool(v)}", f"{f} IS {bool(v)} AND {f} IS {not v}")
+            for f, v in zip(FLAGS, flags_b, strict=True)
+        ),
+        (
+            "demographics_updated_at",
+            f"demographics_updated_at = '{stamp}'::timestamptz",
+            f"demographics_updated_at = '{stamp}'::timestamptz + interval '1 second'",
+        ),
+    ]
+    inactive = identity(OA, "st6")
+    not_theirs = [
+        text("ssid", ssid(OA, "st4")),
+        text("race", f"R-{OA}-st4"),
+        text("email", email(OA, "st4")),
+    ]
+    mine = [  # st1: in the scope of all three
+        ("ssid", f"ssid = '{ssid(OA, 'st1')}'"),
+        ("student_sourced_id", f"student_sourced_id = '{OA}-st1'"),
+        ("email", f"email = '{email(OA, 'st1')}'"),
+        ("race", f"race = 'R-{OA}-st1'"),
+        ("district_code", f"district_code = '{A}'"),
+        ("school_sourced_id", f"school_sourced_id = '{OA}-s1'"),
+        *((f, f"{f} IS {not v}") for f, v in zip(FLAGS, flags_b, strict=True)),
+    ]
+    for kind, role in roles.items():
+        out = other_district + inactive + (not_theirs if kind != "district" else [])
+        with world.connect(role) as conn:
+            for settings in PLANNER_SETTINGS:
+                conn.execute("RESET ALL")
+                for name, value in settings.items():
+                    conn.execute(
+                        sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+                    )
+                for column, holds, none in out:
+                    found = _probe(conn, column, holds)
+                    assert found == _probe(conn, column, none), (kind, settings, holds)
+                    assert found[0] == [(0,)] and found[1] == [], (kind, settings, holds)
+                for column, cond in mine:
+                    with pytest.raises(errors.ArraySubscriptError):
+                        conn.execute(sql.SQL(PROBES[0].format(cond=cond, col=column)))  # type: ignore[arg-type]
+
+
 def test_a_teacher_or_school_admin_reads_their_scope_not_the_whole_district(
     world: World,
 ) -> None:
