@@ -136,6 +136,20 @@ def test_a_roster_with_errors_loads_nothing_and_says_where(db: str, tmp_path: Pa
     assert _active(db, "students") == set()
 
 
+def test_a_repeated_sourced_id_is_an_error_on_every_row_but_its_first(tmp_path: Path) -> None:
+    folder = write_roster(tmp_path / "dup", STUDENTS)
+    users = folder / "users.csv"
+    lines = users.read_text().splitlines()
+    repeat = lines[2].replace("ana@", "again@")  # s1 again (rows 7 and 8), then s2 again (9)
+    users.write_text("\n".join([*lines, repeat, repeat, lines[3]]) + "\n")
+    found = [
+        (i.row, i.column)
+        for i in read_roster(folder).issues
+        if (i.file, i.code) == ("users.csv", "duplicate_id")
+    ]
+    assert found == [(7, "sourcedId"), (8, "sourcedId"), (9, "sourcedId")]
+
+
 def test_missing_files_and_columns_are_named(tmp_path: Path) -> None:
     shutil.copytree(SAMPLE, tmp_path / "r")
     (tmp_path / "r" / "classes.csv").unlink()

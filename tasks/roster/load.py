@@ -364,7 +364,8 @@ def _statements(entity: str) -> dict[str, sql.Composed]:
         "deactivate": """UPDATE {target} t SET active = false, updated_at = now()
             FROM {diff} d WHERE d.sourced_id IS NULL AND t.{key} = d._id""",
         "update": """UPDATE {target} t SET ({columns}) = ({new}), updated_at = now()
-            FROM {diff} d WHERE d.sourced_id IS NOT NULL AND t.{key} = d._id""",
+            FROM {diff} d
+            WHERE d._id IS NOT NULL AND d.sourced_id IS NOT NULL AND t.{key} = d._id""",
         "insert": """INSERT INTO {target} (district_id, sourced_id, {columns})
             SELECT %(d)s, d.sourced_id, {new} FROM {diff} d
             WHERE d._id IS NULL ORDER BY d.sourced_id""",
