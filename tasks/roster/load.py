@@ -2,7 +2,8 @@
 
 A snapshot replaces what the district had: records in it are added or updated, records gone
 from it become inactive (never deleted: their history stays), and `status=tobedeleted` also
-means inactive.
+means inactive. It is set-based in the database (no work per record in Python), and writes
+only what differs, so a nightly snapshot that changed little costs little.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ ENTITIES = ("schools", "students", "staff", "classes", "enrollments")
 LOAD_WORK_MEM = "256MB"
 # A load that adds more records than this analyses the table before the next step joins it: the
 # statistics would otherwise not know of the district's new records (a first load of millions).
+# Its lock, held to commit, makes another district's first load wait at the same step; syncs
+# and smaller loads are not held up.
 ANALYZE_AFTER = 10_000
 _ORG_TYPE = pl.col("type").str.to_lowercase()
 
@@ -153,7 +156,8 @@ def _district_id(cur: psycopg.Cursor, district_code: str, sourced_id: str, name:
 
 
 def _load_entity(cur: psycopg.Cursor, district_id: int, entity: str) -> RosterCounts:
-    """Upsert one kind of record from its temporary table; what is gone becomes inactive."""
+    """Load one kind of record from its temporary table (see `_statements`): what is new is
+    added, what differs updated, what is gone made inactive; nothing else is written."""
     counts = RosterCounts()
     target = sql.Identifier("core", entity)
     statements = _statements(entity)
