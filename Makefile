@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 UV     := UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv
 SYNC   := $(UV) sync --locked --extra dev --python $(BIN)/python --compile-bytecode
 
-.PHONY: demo test lint lock upgrade check-lock serve bench bench-sync bench-view bench-nightly clean
+.PHONY: demo test lint lock upgrade check-lock serve bench bench-sync bench-view bench-nightly bench-roster clean
 
 # A fresh venv gets the uv that uv.lock pins, checked against the hashes the lock records.
 $(BIN)/uv: uv.lock
@@ -71,6 +71,12 @@ bench-view: $(STAMP)
 
 bench-nightly: $(STAMP)
 	$(BIN)/python bench/nightly.py
+
+# Roster load at scale: first load, same snapshot again, 1 % of users changed (bench/roster_load.py).
+STUDENTS ?= 1000000
+RUNS     ?= 3
+bench-roster: $(STAMP)
+	$(BIN)/python bench/roster.py load --students $(STUDENTS) --runs $(RUNS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

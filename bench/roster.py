@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/roster.py DIR --students 1000000 [--seed 7]
                                      [--demographics FILE [--changed-share 0.05]]
+    .venv/bin/python bench/roster.py load --students 1000000 [--runs 3]  (bench/roster_load.py)
 
 Why it exists: the sync benchmark and the tests need a large district whose demographics file
 really matches its roster (every row's SSID and email are those of one rostered student), and a
@@ -24,6 +25,7 @@ wrapping unsigned arithmetic, stands in for a random generator), never a Python 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -376,6 +378,11 @@ def write_demographics(
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["load"]:  # time load_roster on such a roster: bench/roster_load.py
+        from roster_load import main as load_main
+
+        load_main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("directory", type=Path, help="where to write the four roster files")
     parser.add_argument("--students", type=int, required=True)

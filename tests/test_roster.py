@@ -49,6 +49,34 @@ def test_the_sample_roster_loads_and_reloading_it_changes_nothing(db: str) -> No
     assert school_admins is not None and school_admins[0] >= 12  # teachers and school admins
 
 
+def _versions(url: str, table: str) -> dict[str, tuple[str, object]]:
+    """sourcedId -> (xmin, updated_at): both change when, and only when, a row is rewritten."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            f"SELECT sourced_id, xmin::text, updated_at FROM core.{table}"
+        ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_a_reload_rewrites_only_the_records_that_changed(db: str, tmp_path: Path) -> None:
+    load(db, "d", write_roster(tmp_path / "r1", STUDENTS))
+    before = {t: _versions(db, t) for t in ("students", "staff", "classes", "enrollments")}
+    changed = [*STUDENTS[:3], ("s4", "0000000004", "dee.new@students.example.org")]
+    result = load(db, "d", write_roster(tmp_path / "r2", changed))
+    students = result.counts["students"]
+    assert (students.added, students.updated, students.deactivated, students.active) == (
+        0,
+        1,
+        0,
+        4,
+    )
+    others = [c for k, c in result.counts.items() if k != "students"]
+    assert all((c.added, c.updated, c.deactivated) == (0, 0, 0) for c in others)
+    after = {t: _versions(db, t) for t in before}
+    rewritten = {t: {k for k in after[t] if after[t][k] != before[t][k]} for t in after}
+    assert rewritten == {"students": {"s4"}, "staff": set(), "classes": set(), "enrollments": set()}
+
+
 def test_what_is_gone_from_the_snapshot_becomes_inactive_never_deleted(
     db: str, tmp_path: Path
 ) -> None:
@@ -106,6 +134,20 @@ def test_a_roster_with_errors_loads_nothing_and_says_where(db: str, tmp_path: Pa
         result = load_roster(conn, "d", snapshot)
     assert not result.loaded
     assert _active(db, "students") == set()
+
+
+def test_a_repeated_sourced_id_is_an_error_on_every_row_but_its_first(tmp_path: Path) -> None:
+    folder = write_roster(tmp_path / "dup", STUDENTS)
+    users = folder / "users.csv"
+    lines = users.read_text().splitlines()
+    repeat = lines[2].replace("ana@", "again@")  # s1 again (rows 7 and 8), then s2 again (9)
+    users.write_text("\n".join([*lines, repeat, repeat, lines[3]]) + "\n")
+    found = [
+        (i.row, i.column)
+        for i in read_roster(folder).issues
+        if (i.file, i.code) == ("users.csv", "duplicate_id")
+    ]
+    assert found == [(7, "sourcedId"), (8, "sourcedId"), (9, "sourcedId")]
 
 
 def test_missing_files_and_columns_are_named(tmp_path: Path) -> None:
