@@ -16,6 +16,7 @@ Rules (csv-contract.md, Matching and Duplicates):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import polars as pl
@@ -48,22 +49,30 @@ def read_students(conn: psycopg.Connection, district_id: int) -> pl.DataFrame:
         " FROM core.students s LEFT JOIN core.student_demographics d USING (student_id)"
         " WHERE s.district_id = {} AND s.active) TO STDOUT (FORMAT csv)"
     ).format(values, sql.Literal(int(district_id)))
-    parts: list[pl.DataFrame] = []
-    pending = bytearray()
     with conn.cursor() as cur, cur.copy(query) as copy:
-        for chunk in copy:
-            pending += chunk
-            if len(pending) >= _SLICE_BYTES:
-                cut = _whole_lines(pending)
-                if cut:
-                    parts.append(parse_students(bytes(pending[:cut])))
-                    del pending[:cut]
-    parts.append(parse_students(bytes(pending)))
-    return pl.concat(parts, rechunk=True) if len(parts) > 1 else parts[0]
+        return parse_stream(copy)
 
 
 # The roster's CSV is parsed 16 MB at a time (about 150,000 students).
 _SLICE_BYTES = 16 << 20
+
+
+def parse_stream(
+    chunks: Iterable[bytes | bytearray | memoryview], slice_bytes: int = _SLICE_BYTES
+) -> pl.DataFrame:
+    """The roster COPY's CSV, as it arrives in chunks, parsed a slice of whole records at a
+    time (`parse_students`)."""
+    parts: list[pl.DataFrame] = []
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        if len(pending) >= slice_bytes:
+            cut = _whole_lines(pending)
+            if cut:
+                parts.append(parse_students(bytes(pending[:cut])))
+                del pending[:cut]
+    parts.append(parse_students(bytes(pending)))
+    return pl.concat(parts, rechunk=True) if len(parts) > 1 else parts[0]
 
 
 def _whole_lines(data: bytearray) -> int:
@@ -122,11 +131,11 @@ _AS_FILE = {"t": "Y", "f": "N"}
 def compact_values(normalized: pl.DataFrame) -> pl.DataFrame:
     """The file's value columns in the terms of the stored ones (flags t/f), as categoricals:
     a million rows of Y/N take 4 MB this way, 16 MB as strings. Anything but Y/N (a row with
-    an error, never applied) stays as it was."""
+    an error, never applied) stays as it was. Columns already categorical are left alone."""
     return normalized.with_columns(
         (pl.col(c).replace(_AS_STORED) if c in FLAG_COLUMNS else pl.col(c)).cast(pl.Categorical)
         for c in VALUE_COLUMNS
-        if c in normalized.columns
+        if c in normalized.columns and normalized.schema[c] != pl.Categorical
     )
 
 
@@ -166,10 +175,13 @@ def match_file(
 ) -> Matched:
     """Match every complete row, judge duplicates per student, and diff the rows to apply.
 
-    Pure: `students` is the roster as `parse_students` gives it, read beforehand. Matching
-    works on narrow key frames and the diff one column at a time: a million-row file has ten
-    string columns, and every whole-frame join or filter would copy all of them.
+    Pure: `students` is the roster as `parse_students` gives it, read beforehand; the file's
+    values are put in its terms (`compact_values`) unless the caller did so already, freeing
+    the strings. Matching works on narrow key frames and the diff one column at a time: a
+    million-row file has ten value columns, and every whole-frame join or filter would copy
+    all of them.
     """
+    normalized = compact_values(normalized)
     columns = [c for c in VALUE_COLUMNS if c in normalized.columns]
     keys = _match_rows(normalized, report_issues, students)
     # Duplicates are judged on the student each row matched, over the values it would apply.

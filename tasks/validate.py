@@ -64,7 +64,8 @@ class Validation:
 
     @property
     def normalized(self) -> pl.DataFrame | None:
-        """Every complete row (errors included), codes upper-cased; None if the file stopped."""
+        """Every complete row (errors included), codes upper-cased (a sync then makes its
+        values categorical: tasks/match.py); None if the file stopped."""
         return self._normalized
 
     @cached_property

@@ -9,7 +9,7 @@ from conftest import HEADER
 
 from schemas.issues import Code
 from schemas.report import ISSUE_SCHEMA, FileInfo, Report, Summary
-from tasks.match import Matched, match_file, parse_students
+from tasks.match import Matched, match_file, parse_stream, parse_students
 from tasks.sync import Decision, decide
 from tasks.validate import validate_bytes, with_issues
 
@@ -227,7 +227,7 @@ def test_a_file_level_error_is_rejected_with_no_counts(mode: str) -> None:
 
 
 def roster(*students: tuple[int, str, str, str]) -> pl.DataFrame:
-    """(student_id, ssid, email, stored gender) -> the frame `copy_students` gives."""
+    """(student_id, ssid, email, stored gender) -> the frame `read_students` gives."""
     lines = [
         f"{sid},{ssid},{email},{'t' if gender else 'f'},{gender},,,,,,,,,\n"
         for sid, ssid, email, gender in students
@@ -331,3 +331,42 @@ def test_a_preview_speaks_of_what_a_sync_would_do() -> None:
         "a sync would be held for approval: it would change too many values on record"
     )
     assert "nothing was applied" not in rejected.message + held.message
+
+
+def test_stored_flags_and_the_files_y_and_n_are_the_same_values() -> None:
+    """The roster's COPY gives stored booleans as t/f; a file's Y/N for them change nothing,
+    the opposite letters change them, and the history speaks Y/N."""
+    stored = parse_students(b"1,0000000001,ana@x.org,t,,,,t,f,,,,,\n")
+
+    def diff(flags: str) -> Matched:
+        data = f"{HEADER}\n0000000001,,,,,{flags},,,,,\n".encode()
+        validation = validate_bytes(data, "upload.csv", judge_duplicates=False)
+        assert validation.normalized is not None
+        return match_file(validation.normalized, validation.report.issues, stored)
+
+    same = diff("y,N")
+    assert (same.matched, same.updated, same.values_changed) == (1, 0, 0)
+    flipped = diff("N,Y")
+    assert flipped.updated == 1
+    assert sorted(flipped.history.select("field", "old_value", "new_value").rows()) == [
+        ("english_learner", "Y", "N"),
+        ("migrant", "N", "Y"),
+    ]
+    assert flipped.delta.select("english_learner", "migrant").rows() == [("f", "t")]
+
+
+def test_the_roster_is_parsed_in_slices_that_never_cut_a_quoted_value() -> None:
+    """Slices end after whole CSV records: a quoted email holding a comma, a quote or a line
+    break is never cut, and the slices make exactly the frame one parse gives."""
+    lines = [
+        f'{i},{i:010d},"a{i},""q""\nb@x.org",t,F,,,t,,,,,,f\n'
+        if i % 3 == 0
+        else f"{i},{i:010d},s{i}@x.org,f,,,,,,,,,,\n"
+        for i in range(1, 400)
+    ]
+    data = "".join(lines).encode()
+    chunks = [data[i : i + 7] for i in range(0, len(data), 7)]
+    whole = parse_students(data)
+    sliced = parse_stream(chunks, slice_bytes=64)
+    assert sliced.equals(whole)
+    assert sliced.height == 399 and sliced["email"][2] == 'a3,"q"\nb@x.org'

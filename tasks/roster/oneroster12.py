@@ -117,7 +117,11 @@ def as_oneroster_11(
     and folded into users.csv as role and orgSourcedIds."""
     issues.extend(issue for rule in ROLE_RULES for issue in rule(frames))
     users = frames["users.csv"].join(
-        _roles_by_user(frames), left_on="sourcedId", right_on="userSourcedId", how="left"
+        _roles_by_user(frames),
+        left_on="sourcedId",
+        right_on="userSourcedId",
+        how="left",
+        maintain_order="left",  # the rules tell "an earlier row" by the file's order
     )
     for row in users.filter(pl.col("_has_role").is_null())[ROW].to_list():
         issues.append(

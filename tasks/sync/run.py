@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 import psycopg
@@ -165,11 +166,22 @@ def _decide_and_apply(
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         else:
             store.lock_district(cur, district.district_id, district.code, lock_wait_seconds)
-        known = _applied_file(cur, district, file, mode)
-        if known is not None:
-            return _carry_out(
-                conn, cur, district, *known, started_at, requested_by, approval, progress
+        applied = _applied(cur, district.district_id, file.sha256)
+        # A preview reads the file all the same: whoever asks for one wants its issues. So
+        # does a sync of a file applied before sql/008 kept the encoding.
+        if applied is not None and applied[1] is not None and mode == "sync":
+            outcome = _carry_out(
+                conn,
+                cur,
+                district,
+                *_known_file(applied, district, file),
+                started_at,
+                requested_by,
+                approval,
+                progress,
             )
+            progress.phase("commit")
+            return outcome
         # The roster is fetched while the file is validated: the server formats a million
         # rows while polars checks the file.
         progress.phase("validate")
@@ -184,7 +196,7 @@ def _decide_and_apply(
             progress.phase("match", validation.normalized.height)
             matched = match_file(validation.normalized, report.issues, students)
             report = with_issues(report, [matched.issues])
-            same_as = _applied_before(cur, district.district_id, report.file.sha256)
+            same_as = None if applied is None else int(applied[0])
 
         def judge(held_runs: Sequence[int] = ()) -> Decision:
             return decide(
@@ -279,28 +291,27 @@ def _set_run_id(report: Report, run_id: int | None) -> Report:
     )
 
 
-_APPLIED = """kind = 'sync' AND status = 'succeeded' AND same_as_run_id IS NULL
-               AND undone_by IS NULL"""
-
-
-def _applied_file(
-    cur: psycopg.Cursor, district: store.District, file: FileInfo, mode: Mode
-) -> tuple[Report, None, Decision] | None:
-    """A file whose bytes a run applied (and no one undid) is told by its SHA-256 alone: its
-    report repeats that run's counts, without reading the file again. Its issues are in that
-    run's report. (Runs recorded before sql/008 lack the encoding: such a file is read.)"""
-    row = cur.execute(
-        f"""SELECT run_id, file_encoding, rows, valid_rows, error_rows, warning_rows, errors,
-                   warnings, matched, unmatched
-            FROM core.sync_runs
-            WHERE district_id = %s AND file_sha256 = %s AND {_APPLIED}
-              AND file_encoding IS NOT NULL
-            ORDER BY run_id DESC LIMIT 1""",
-        (district.district_id, file.sha256),
+def _applied(cur: psycopg.Cursor, district_id: int, sha: str) -> tuple[Any, ...] | None:
+    """The run that applied this very file (same SHA-256) and that no one undid, if any: its
+    id, the file's encoding, its summary counts, matched and unmatched."""
+    return cur.execute(
+        """SELECT run_id, file_encoding, rows, valid_rows, error_rows, warning_rows, errors,
+                  warnings, matched, unmatched
+           FROM core.sync_runs
+           WHERE district_id = %s AND file_sha256 = %s AND kind = 'sync'
+             AND status = 'succeeded' AND same_as_run_id IS NULL AND undone_by IS NULL
+           ORDER BY run_id DESC LIMIT 1""",
+        (district_id, sha),
     ).fetchone()
-    if row is None:
-        return None
-    run_id, encoding, *counts, matched, unmatched = row
+
+
+def _known_file(
+    applied: tuple[Any, ...], district: store.District, file: FileInfo
+) -> tuple[Report, None, Decision]:
+    """A sync of a file a run applied is told by its SHA-256 alone: the report repeats that
+    run's encoding and counts, without reading the file again (its issues are in that run's
+    report), and nothing is done."""
+    run_id, encoding, *counts, matched, unmatched = applied
     report = Report(
         file=replace(file, encoding=encoding),
         summary=Summary(*counts),
@@ -308,17 +319,7 @@ def _applied_file(
         district=district.code,
         gender_codes=tuple(code.upper() for code in district.gender_codes),
     )
-    return report, None, already_applied(run_id, matched, unmatched, mode == "preview")
-
-
-def _applied_before(cur: psycopg.Cursor, district_id: int, sha: str) -> int | None:
-    row = cur.execute(
-        f"""SELECT run_id FROM core.sync_runs
-            WHERE district_id = %s AND file_sha256 = %s AND {_APPLIED}
-            ORDER BY run_id DESC LIMIT 1""",
-        (district_id, sha),
-    ).fetchone()
-    return None if row is None else int(row[0])
+    return report, None, already_applied(run_id, matched, unmatched, preview=False)
 
 
 def _held_runs(cur: psycopg.Cursor, district_id: int, sha: str) -> list[int]:
