@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import NamedTuple
 
 import polars as pl
 import psycopg
@@ -169,7 +169,7 @@ def _decide_and_apply(
         applied = _applied(cur, district.district_id, file.sha256)
         # A preview reads the file all the same: whoever asks for one wants its issues. So
         # does a sync of a file applied before sql/008 kept the encoding.
-        if applied is not None and applied[1] is not None and mode == "sync":
+        if applied is not None and applied.encoding is not None and mode == "sync":
             outcome = _carry_out(
                 conn,
                 cur,
@@ -196,7 +196,7 @@ def _decide_and_apply(
             progress.phase("match", validation.normalized.height)
             matched = match_file(validation.normalized, report.issues, students)
             report = with_issues(report, [matched.issues])
-            same_as = None if applied is None else int(applied[0])
+            same_as = None if applied is None else applied.run_id
 
         def judge(held_runs: Sequence[int] = ()) -> Decision:
             return decide(
@@ -291,10 +291,19 @@ def _set_run_id(report: Report, run_id: int | None) -> Report:
     )
 
 
-def _applied(cur: psycopg.Cursor, district_id: int, sha: str) -> tuple[Any, ...] | None:
-    """The run that applied this very file (same SHA-256) and that no one undid, if any: its
-    id, the file's encoding, its summary counts, matched and unmatched."""
-    return cur.execute(
+class _AppliedRun(NamedTuple):
+    """The run that applied a file: what its report said of the file."""
+
+    run_id: int
+    encoding: str | None  # None for runs recorded before sql/008
+    summary: Summary
+    matched: int
+    unmatched: int
+
+
+def _applied(cur: psycopg.Cursor, district_id: int, sha: str) -> _AppliedRun | None:
+    """The run that applied this very file (same SHA-256) and that no one undid, if any."""
+    row = cur.execute(
         """SELECT run_id, file_encoding, rows, valid_rows, error_rows, warning_rows, errors,
                   warnings, matched, unmatched
            FROM core.sync_runs
@@ -303,23 +312,27 @@ def _applied(cur: psycopg.Cursor, district_id: int, sha: str) -> tuple[Any, ...]
            ORDER BY run_id DESC LIMIT 1""",
         (district_id, sha),
     ).fetchone()
+    if row is None:
+        return None
+    run_id, encoding, *counts, matched, unmatched = row
+    return _AppliedRun(int(run_id), encoding, Summary(*counts), matched, unmatched)
 
 
 def _known_file(
-    applied: tuple[Any, ...], district: store.District, file: FileInfo
+    applied: _AppliedRun, district: store.District, file: FileInfo
 ) -> tuple[Report, None, Decision]:
     """A sync of a file a run applied is told by its SHA-256 alone: the report repeats that
     run's encoding and counts, without reading the file again (its issues are in that run's
     report), and nothing is done."""
-    run_id, encoding, *counts, matched, unmatched = applied
     report = Report(
-        file=replace(file, encoding=encoding),
-        summary=Summary(*counts),
+        file=replace(file, encoding=applied.encoding),
+        summary=applied.summary,
         issues=pl.DataFrame(schema=ISSUE_SCHEMA),
         district=district.code,
         gender_codes=tuple(code.upper() for code in district.gender_codes),
     )
-    return report, None, already_applied(run_id, matched, unmatched, preview=False)
+    decision = already_applied(applied.run_id, applied.matched, applied.unmatched, preview=False)
+    return report, None, decision
 
 
 def _held_runs(cur: psycopg.Cursor, district_id: int, sha: str) -> list[int]:
