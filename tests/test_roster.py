@@ -103,8 +103,53 @@ def test_what_is_gone_from_the_snapshot_becomes_inactive_never_deleted(
     with psycopg.connect(db) as conn:
         total = conn.execute("SELECT count(*) FROM core.students").fetchone()
     assert total == (5,)  # s3 (tobedeleted) and s4 (gone) are kept, inactive
-    load(db, "d", write_roster(tmp_path / "r3", STUDENTS))
+    # The counts are told by the snapshot, not counted in the district: they must agree.
+    assert {k: c.active for k, c in result.counts.items()} == _active_counts(db, "d")
+    again = load(db, "d", write_roster(tmp_path / "r3", STUDENTS))
     assert _active(db, "students") == {"s1", "s2", "s3", "s4"}
+    assert {k: c.active for k, c in again.counts.items()} == _active_counts(db, "d")
+
+
+def _active_counts(url: str, code: str) -> dict[str, int]:
+    """Each kind of record's active rows of the district, counted in the database."""
+    tables = ("schools", "students", "staff", "classes", "enrollments")
+    with psycopg.connect(url) as conn:
+        return {
+            table: conn.execute(
+                f"SELECT count(*) FROM core.{table} t JOIN core.districts d USING (district_id) "
+                "WHERE d.code = %s AND t.active",
+                (code,),
+            ).fetchone()[0]
+            for table in tables
+        }
+
+
+def test_a_school_or_class_of_another_district_is_refused_by_the_database(
+    db: str, tmp_path: Path
+) -> None:
+    """The roster's references are keys of the same district (sql/009): no write, the load's
+    or anyone's, can give a student another district's school or enroll in its class."""
+    load(db, "d", write_roster(tmp_path / "d", STUDENTS))
+    load(db, "e", write_roster(tmp_path / "e", STUDENTS, district="org-e"))
+    with psycopg.connect(db) as conn:
+        school, klass = conn.execute(
+            "SELECT (SELECT school_id FROM core.schools JOIN core.districts USING (district_id)"
+            "        WHERE code = 'e'),"
+            "       (SELECT class_id FROM core.classes JOIN core.districts USING (district_id)"
+            "        WHERE code = 'e')"
+        ).fetchone()
+        writes = {
+            "students": "UPDATE core.students SET school_id = %s FROM core.districts d "
+            "WHERE d.district_id = students.district_id AND d.code = 'd'",
+            "classes": "UPDATE core.classes SET school_id = %s FROM core.districts d "
+            "WHERE d.district_id = classes.district_id AND d.code = 'd'",
+            "enrollments": "UPDATE core.enrollments SET class_id = %s FROM core.districts d "
+            "WHERE d.district_id = enrollments.district_id AND d.code = 'd'",
+        }
+        for table, statement in writes.items():
+            target = klass if table == "enrollments" else school
+            with pytest.raises(psycopg.errors.ForeignKeyViolation), conn.transaction():
+                conn.execute(statement, (target,))
 
 
 def test_a_roster_with_errors_loads_nothing_and_says_where(db: str, tmp_path: Path) -> None:

@@ -97,6 +97,10 @@ def load_roster(
             for entity in ENTITIES:
                 progress.phase(entity)
                 counts[entity] = _load_entity(cur, district_id, entity)
+                # Active now: what the snapshot has active, as all else was made inactive.
+                # Told by its frame: a count over the district read every row the load just
+                # wrote (4.5 s for a first load of 5M students).
+                counts[entity].active = int(tables[entity]["active"].sum())
             result.granted = grant_pending_managers(conn, district_id)
             if on_loaded is not None:
                 on_loaded(cur, district_id, result)
@@ -171,11 +175,6 @@ def _load_entity(cur: psycopg.Cursor, district_id: int, entity: str) -> RosterCo
         cur.execute(sql.SQL("ANALYZE {}").format(target))
     if entity == "staff":
         _load_staff_schools(cur, district_id)
-    active = cur.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE district_id = %s AND active").format(target),
-        (district_id,),
-    ).fetchone()
-    counts.active = active[0] if active else 0
     return counts
 
 
