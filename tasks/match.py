@@ -17,6 +17,7 @@ Rules (csv-contract.md, Matching and Duplicates):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import polars as pl
@@ -27,6 +28,7 @@ from schemas.cells import SSID_PATTERN
 from schemas.columns import DEMOGRAPHIC_COLUMNS, FLAG_COLUMNS
 from schemas.issues import Code, Severity
 from schemas.report import ISSUE_SCHEMA
+from tasks.db import copy_out, hash_joins_off
 from tasks.read import ROW
 from tasks.validate import issue_rows, judge_duplicates
 
@@ -49,8 +51,11 @@ def read_students(conn: psycopg.Connection, district_id: int) -> pl.DataFrame:
         " FROM core.students s LEFT JOIN core.student_demographics d USING (student_id)"
         " WHERE s.district_id = {} AND s.active) TO STDOUT (FORMAT csv)"
     ).format(values, sql.Literal(int(district_id)))
-    with conn.cursor() as cur, cur.copy(query) as copy:
-        return parse_stream(copy)
+    # Students to their values by key in key order: a hash of a million students cost the
+    # server 0.2-0.3 s more. Read from libpq (`copy_out`): psycopg's Copy took as much CPU as
+    # the server, CPU the validation beside it needs.
+    with hash_joins_off(conn):
+        return parse_stream(copy_out(conn, query))
 
 
 # The roster's CSV is parsed 16 MB at a time (about 150,000 students).
@@ -61,17 +66,20 @@ def parse_stream(
     chunks: Iterable[bytes | bytearray | memoryview], slice_bytes: int = _SLICE_BYTES
 ) -> pl.DataFrame:
     """The roster COPY's CSV, as it arrives in chunks, parsed a slice of whole records at a
-    time (`parse_students`)."""
-    parts: list[pl.DataFrame] = []
+    time (`parse_students`). Slices are parsed in a thread while the next one is read: the
+    server does not wait for the parse (at a million students, 0.4 s of a 1.8 s read)."""
+    parsed: list[Future[pl.DataFrame]] = []
     pending = bytearray()
-    for chunk in chunks:
-        pending += chunk
-        if len(pending) >= slice_bytes:
-            cut = _whole_lines(pending)
-            if cut:
-                parts.append(parse_students(bytes(pending[:cut])))
-                del pending[:cut]
-    parts.append(parse_students(bytes(pending)))
+    with ThreadPoolExecutor(max_workers=1) as parser:
+        for chunk in chunks:
+            pending += chunk
+            if len(pending) >= slice_bytes:
+                cut = _whole_lines(pending)
+                if cut:
+                    parsed.append(parser.submit(parse_students, bytes(pending[:cut])))
+                    del pending[:cut]
+        parsed.append(parser.submit(parse_students, bytes(pending)))
+        parts = [part.result() for part in parsed]
     return pl.concat(parts, rechunk=True) if len(parts) > 1 else parts[0]
 
 
