@@ -124,32 +124,49 @@ def _active_counts(url: str, code: str) -> dict[str, int]:
         }
 
 
-def test_a_school_or_class_of_another_district_is_refused_by_the_database(
+def test_a_school_class_or_student_of_another_district_is_refused_by_the_database(
     db: str, tmp_path: Path
 ) -> None:
-    """The roster's references are keys of the same district (sql/009): no write, the load's
-    or anyone's, can give a student another district's school or enroll in its class."""
+    """The roster's references are of the same district (sql/009): no write, the load's or
+    anyone's, can give a student another district's school or enroll it in another district's
+    class, and what those checks rely on (ids and districts that never change, records never
+    deleted) is held too."""
     load(db, "d", write_roster(tmp_path / "d", STUDENTS))
     load(db, "e", write_roster(tmp_path / "e", STUDENTS, district="org-e"))
+    of_e = (
+        "(SELECT {0} FROM core.{1} JOIN core.districts USING (district_id)"
+        " WHERE code = 'e' LIMIT 1)"
+    )
+    of_d = "FROM core.districts x WHERE x.district_id = {0}.district_id AND x.code = 'd'"
+    refused = {
+        psycopg.errors.ForeignKeyViolation: [
+            f"UPDATE core.students SET school_id = {of_e.format('school_id', 'schools')} "
+            + of_d.format("students"),
+            f"UPDATE core.classes SET school_id = {of_e.format('school_id', 'schools')} "
+            + of_d.format("classes"),
+            f"UPDATE core.enrollments SET class_id = {of_e.format('class_id', 'classes')} "
+            + of_d.format("enrollments"),
+            f"UPDATE core.enrollments SET student_id = {of_e.format('student_id', 'students')} "
+            + of_d.format("enrollments")
+            + " AND student_id IS NOT NULL",
+            "INSERT INTO core.students (district_id, sourced_id) VALUES (999999, 'nowhere')",
+        ],
+        psycopg.errors.RestrictViolation: [
+            "DELETE FROM core.students",
+            "DELETE FROM core.classes",
+            "DELETE FROM core.schools",
+            "UPDATE core.students SET district_id = district_id + 1",
+            "UPDATE core.classes SET class_id = DEFAULT",
+        ],
+    }
     with psycopg.connect(db) as conn:
-        school, klass = conn.execute(
-            "SELECT (SELECT school_id FROM core.schools JOIN core.districts USING (district_id)"
-            "        WHERE code = 'e'),"
-            "       (SELECT class_id FROM core.classes JOIN core.districts USING (district_id)"
-            "        WHERE code = 'e')"
-        ).fetchone()
-        writes = {
-            "students": "UPDATE core.students SET school_id = %s FROM core.districts d "
-            "WHERE d.district_id = students.district_id AND d.code = 'd'",
-            "classes": "UPDATE core.classes SET school_id = %s FROM core.districts d "
-            "WHERE d.district_id = classes.district_id AND d.code = 'd'",
-            "enrollments": "UPDATE core.enrollments SET class_id = %s FROM core.districts d "
-            "WHERE d.district_id = enrollments.district_id AND d.code = 'd'",
-        }
-        for table, statement in writes.items():
-            target = klass if table == "enrollments" else school
-            with pytest.raises(psycopg.errors.ForeignKeyViolation), conn.transaction():
-                conn.execute(statement, (target,))
+        for error, statements in refused.items():
+            for statement in statements:
+                with pytest.raises(error), conn.transaction():
+                    conn.execute(statement)
+    # What the load itself writes passes the same checks: a reload that changes a student.
+    changed = [*STUDENTS[:3], ("s4", "0000000004", "dee.new@students.example.org")]
+    assert load(db, "d", write_roster(tmp_path / "d2", changed)).counts["students"].updated == 1
 
 
 def test_a_roster_with_errors_loads_nothing_and_says_where(db: str, tmp_path: Path) -> None:
