@@ -76,6 +76,8 @@ def parse_stream(
             if len(pending) >= slice_bytes:
                 cut = _whole_lines(pending)
                 if cut:
+                    if parsed:  # one slice parsed while the next is read, no more
+                        parsed[-1].result()
                     parsed.append(parser.submit(parse_students, bytes(pending[:cut])))
                     del pending[:cut]
         parsed.append(parser.submit(parse_students, bytes(pending)))
