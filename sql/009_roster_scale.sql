@@ -69,7 +69,7 @@ BEGIN
 END $$;
 
 -- What those checks rely on: a school, student or class keeps its id and district, and is
--- never deleted.
+-- never deleted, nor truncated.
 CREATE OR REPLACE FUNCTION core.roster_record_stays() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = 'restrict_violation',
@@ -93,6 +93,11 @@ BEGIN
     LOOP
         EXECUTE format('CREATE OR REPLACE TRIGGER %1$s_stay_delete BEFORE DELETE ON core.%1$s '
                        'FOR EACH STATEMENT EXECUTE FUNCTION core.roster_record_stays()',
+                       split_part(kind, ':', 1));
+        -- TRUNCATE fires no DELETE trigger, and no foreign key stops it any more.
+        EXECUTE format('CREATE OR REPLACE TRIGGER %1$s_stay_truncate BEFORE TRUNCATE '
+                       'ON core.%1$s FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION core.roster_record_stays()',
                        split_part(kind, ':', 1));
         EXECUTE format('CREATE OR REPLACE TRIGGER %1$s_stay_update BEFORE UPDATE ON core.%1$s '
                        'FOR EACH ROW WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I '

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, replace
 
 import polars as pl
@@ -54,8 +55,8 @@ def read_students(conn: psycopg.Connection, district_id: int) -> pl.DataFrame:
     # Students to their values by key in key order: a hash of a million students cost the
     # server 0.2-0.3 s more. Read from libpq (`copy_out`): psycopg's Copy took as much CPU as
     # the server, CPU the validation beside it needs.
-    with hash_joins_off(conn):
-        return parse_stream(copy_out(conn, query))
+    with hash_joins_off(conn), closing(copy_out(conn, query)) as rows:
+        return parse_stream(rows)
 
 
 # The roster's CSV is parsed 16 MB at a time (about 150,000 students).

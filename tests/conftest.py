@@ -164,9 +164,15 @@ def db(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> st
         # CASCADE reaches core.access_acts (it references districts and staff), which refuses
         # TRUNCATE (sql/006). Its trigger is off only inside this transaction: ALTER TABLE is
         # transactional and locks the table, so no other session ever sees it off.
-        conn.execute("ALTER TABLE core.access_acts DISABLE TRIGGER access_acts_no_truncate")
+        # So do schools, students and classes (sql/009), for the same reason.
+        guards = [("access_acts", "access_acts_no_truncate")] + [
+            (table, f"{table}_stay_truncate") for table in ("schools", "students", "classes")
+        ]
+        for table, trigger in guards:
+            conn.execute(f"ALTER TABLE core.{table} DISABLE TRIGGER {trigger}")
         conn.execute(f"TRUNCATE {CORE_TABLES} RESTART IDENTITY CASCADE")
-        conn.execute("ALTER TABLE core.access_acts ENABLE TRIGGER access_acts_no_truncate")
+        for table, trigger in guards:
+            conn.execute(f"ALTER TABLE core.{table} ENABLE TRIGGER {trigger}")
     monkeypatch.setenv("DEMOGRAPHICS_DATABASE_URL", database_url)
     monkeypatch.setenv("DEMOGRAPHICS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DEMOGRAPHICS_LOCK_WAIT_SECONDS", "5")

@@ -7,6 +7,8 @@ transaction rolled back, the connection usable; a server gone mid-COPY is a lost
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -39,6 +41,27 @@ def test_copy_out_gives_the_bytes_psycopg_gives(db: str) -> None:
         assert len(blocks) > 1  # handed over as it arrives, not held to the end
         assert all(block.endswith(b"\n") for block in blocks)  # whole rows only
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the connection is free again
+
+
+def test_a_reader_that_stops_early_leaves_the_connection_free(db: str) -> None:
+    """A parse that fails mid-roster stops reading: closing the reader cancels the COPY, so
+    the transaction can roll back and the connection serves the next statement."""
+    with psycopg.connect(db) as conn:
+        with (
+            pytest.raises(ValueError),
+            conn.transaction(),
+            closing(copy_out(conn, AWKWARD)) as blocks,
+        ):
+            next(blocks)
+            raise ValueError("the parse failed")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_copy_that_cannot_start_leaves_the_connection_free(db: str) -> None:
+    with psycopg.connect(db) as conn:
+        with pytest.raises(psycopg.errors.UndefinedTable), conn.transaction():
+            list(copy_out(conn, sql.SQL("COPY (SELECT * FROM core.nowhere) TO STDOUT")))
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_an_error_mid_copy_has_its_sqlstate_and_rolls_back(db: str) -> None:

@@ -155,6 +155,8 @@ def test_a_school_class_or_student_of_another_district_is_refused_by_the_databas
             "DELETE FROM core.students",
             "DELETE FROM core.classes",
             "DELETE FROM core.schools",
+            "TRUNCATE core.classes",
+            "TRUNCATE core.students CASCADE",
             "UPDATE core.students SET district_id = district_id + 1",
             "UPDATE core.classes SET class_id = DEFAULT",
         ],
