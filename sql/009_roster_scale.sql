@@ -13,7 +13,8 @@
 --   roster is made inactive), so nothing done to them later can undo what was checked.
 -- - Unchanged: a school's, staff member's and enrollment's teacher keys, and every key of the
 --   demographic values and runs.
--- See docs/architecture.md, "Keys". Adding a key checks the rows already there, once.
+-- See docs/architecture.md, "Keys". The classes' new key checks the classes already there, once;
+-- the triggers check what is written from now on.
 CREATE UNIQUE INDEX IF NOT EXISTS schools_id_district ON core.schools (school_id, district_id);
 
 DO $$
